@@ -1,0 +1,41 @@
+# Herald — the two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.herald-installed
+
+.PHONY: install run demo test test-fast lint format bench load clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,load]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install Herald with test and load-test extras
+
+run: install  ## local cluster: Redis, emulators, Ray, Serve on :8000, demo users
+	$(BIN)/herald run
+
+demo: install  ## scripted scenario against the running stack (or one it starts)
+	$(BIN)/herald demo
+
+test: install  ## the whole suite, fault tests included
+	$(BIN)/python -m pytest -q -rs
+
+test-fast: install  ## everything but fault and slow tests
+	$(BIN)/python -m pytest -q -m "not fault and not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install  ## transactional benchmark (writes bench/results/transactional.json)
+	$(BIN)/python bench/transactional.py
+
+clean:
+	rm -rf .herald .pytest_cache

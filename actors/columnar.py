@@ -1,0 +1,76 @@
+"""A keyed, columnar, upsert-only table: what a UserShard keeps each of its tables in.
+
+Rows live in one polars frame plus a short list of recent upserts, so a registration does
+not rewrite the whole frame and a lookup does not wait for a compaction; the two are merged
+once the recent part grows past `compact_rows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+import pyarrow as pa
+
+
+class KeyedTable:
+    """Latest row per key wins; deletion is an upsert that flips a flag, never a hole."""
+
+    def __init__(self, schema: pa.Schema, key: str, compact_rows: int = 20_000) -> None:
+        self.schema = schema
+        self.key = key
+        self.compact_rows = compact_rows
+        self._polars_schema = pl.from_arrow(schema.empty_table()).schema
+        self._frame = pl.DataFrame(schema=self._polars_schema)
+        self._recent: list[pl.DataFrame] = []
+        self._recent_rows = 0
+
+    def conform(self, rows: pl.DataFrame | pa.Table) -> pl.DataFrame:
+        """Rows in this table's column order and types (missing nullable columns as null)."""
+        frame = rows if isinstance(rows, pl.DataFrame) else pl.from_arrow(rows)
+        missing = [
+            pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in self._polars_schema.items()
+            if name not in frame.columns
+        ]
+        if missing:
+            frame = frame.with_columns(missing)
+        return frame.select(
+            [pl.col(name).cast(dtype) for name, dtype in self._polars_schema.items()]
+        )
+
+    def upsert(self, rows: pl.DataFrame | pa.Table) -> None:
+        frame = self.conform(rows)
+        if frame.height == 0:
+            return
+        self._recent.append(frame)
+        self._recent_rows += frame.height
+        if self._recent_rows >= self.compact_rows:
+            self.compact()
+
+    def replace_all(self, rows: pl.DataFrame | pa.Table) -> None:
+        """Load a whole table at once (rebuild from Redis, bulk import)."""
+        self._frame = self._latest(self.conform(rows))
+        self._recent, self._recent_rows = [], 0
+
+    def compact(self) -> None:
+        if self._recent:
+            self._frame = self._latest(pl.concat([self._frame, *self._recent], rechunk=True))
+            self._recent, self._recent_rows = [], 0
+
+    def frame(self) -> pl.DataFrame:
+        self.compact()
+        return self._frame
+
+    def where_in(self, column: str, values: Sequence[str] | pl.Series) -> pl.DataFrame:
+        """Latest rows whose `column` is one of `values`, without forcing a compaction."""
+        values = pl.Series(values, dtype=pl.String)
+        parts = [self._frame.filter(pl.col(column).is_in(values))]
+        parts += [part.filter(pl.col(column).is_in(values)) for part in self._recent]
+        return self._latest(pl.concat(parts)) if len(parts) > 1 else parts[0]
+
+    def __len__(self) -> int:
+        return self.frame().height
+
+    def _latest(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.unique(subset=[self.key], keep="last", maintain_order=True)

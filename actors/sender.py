@@ -1,0 +1,53 @@
+"""ChannelSender: one actor per channel that owns that provider's long-lived connections.
+
+Batches come in, every row goes out concurrently inside the provider client, a RESULTS
+table goes back. The client is created lazily inside the actor's own event loop (aioapns
+and httpx bind to the loop they are created in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pyarrow as pa
+
+from actors.senders.base import ProviderClient
+from cluster.settings import HeraldSettings
+
+
+def provider_client(settings: HeraldSettings, channel: str) -> ProviderClient:
+    """The one place that maps a channel name to its provider module."""
+    if channel == "apns":
+        from actors.senders.apns import ApnsClient
+
+        return ApnsClient(settings)
+    if channel == "fcm":
+        from actors.senders.fcm import FcmClient
+
+        return FcmClient(settings)
+    if channel == "inbox":
+        from actors.senders.inbox import InboxClient
+
+        return InboxClient(settings)
+    raise ValueError(f"unknown channel {channel!r}")
+
+
+class ChannelSender:
+    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
+
+    def __init__(self, settings: HeraldSettings, channel: str) -> None:
+        self.channel = channel
+        self.client = provider_client(settings, channel)
+        self._started: asyncio.Task | None = None
+        self.sent = 0
+
+    async def send(self, batch: pa.Table) -> pa.Table:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self.client.start())
+        await self._started
+        results = await self.client.send(batch)
+        self.sent += batch.num_rows
+        return results
+
+    async def ping(self) -> dict[str, int | str]:
+        return {"channel": self.channel, "sent": self.sent}

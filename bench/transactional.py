@@ -1,0 +1,169 @@
+"""Transactional benchmark: order updates at a steady rate through the HTTP API to the
+provider emulators; sent/s and accepted → provider-acknowledged latency.
+
+    python bench/transactional.py --rate 1700 --seconds 60
+
+Every user has one phone (half iOS, half Android) and the inbox, so each order update is
+one push plus one inbox item. The rate counts pushes. Results go to
+bench/results/transactional.json and are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import redis
+import typer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cluster.demo import apns_token, fcm_token  # noqa: E402
+from cluster.importer import import_devices  # noqa: E402
+from cluster.local import LocalStack  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "transactional.json"
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()} {os.cpu_count()} cores {mem:.0f} GiB, Python {sys.version.split()[0]}"
+
+
+async def post_steadily(
+    url: str, key: str, users: list[str], rate: float, seconds: float, batch_ms: int
+) -> tuple[list[str], int]:
+    """Post order updates in batches every `batch_ms`, keeping the average rate exact."""
+    rng = np.random.default_rng(7)
+    per_batch = max(1, round(rate * batch_ms / 1000))
+    batches = int(seconds * 1000 / batch_ms)
+    accepted: list[str] = []
+    errors = 0
+    run = os.urandom(4).hex()
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            picks = rng.integers(0, len(users), per_batch)
+            events = [
+                {
+                    "event_id": f"b{run}-{i}-{j}",
+                    "type": "order.updated",
+                    "user_id": users[u],
+                    "order_id": f"o{i}-{j}",
+                    "status": "shipped",
+                }
+                for j, u in enumerate(picks)
+            ]
+            answer = await client.post("/v1/events", json={"events": events})
+            if answer.status_code == 202:
+                accepted.extend(answer.json()["accepted"])
+            else:
+                errors += 1
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(batches):
+            delay = start + i * batch_ms / 1000 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return accepted, errors
+
+
+def collect(redis_url: str, key_prefix: str, ids: list[str], timeout_s: float) -> list[dict]:
+    """Wait until every accepted notification's push is final; return the push records."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pipe = client.pipeline(transaction=False)
+        for nid in ids:
+            pipe.hgetall(f"{key_prefix}ntf:{nid}")
+        records = pipe.execute()
+        pushes: list[dict] = []
+        pending = 0
+        for fields in records:
+            meta = json.loads(fields.get(b"meta", b"{}"))
+            found = False
+            for name, value in fields.items():
+                if name.startswith(b"d:") and name != b"d:inbox":
+                    found = True
+                    record = json.loads(value)
+                    record["accepted_at"] = meta.get("accepted_at")
+                    pushes.append(record)
+                    pending += record["status"] in ("queued", "retrying")
+            pending += not found
+        if pending == 0 or time.monotonic() > deadline:
+            return pushes
+        time.sleep(1)
+
+
+def main(
+    rate: float = typer.Option(1700, help="Pushes per second to post."),
+    seconds: float = typer.Option(60, help="How long to post."),
+    users: int = typer.Option(20_000, help="Users (one phone each)."),
+    batch_ms: int = typer.Option(100, help="Post a batch every this many ms."),
+    shards: int = typer.Option(2),
+    routers: int = typer.Option(2),
+    output: Path = typer.Option(RESULTS),
+) -> None:
+    command = "python bench/transactional.py " + shlex.join(sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(
+        data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers
+    ) as stack:
+        ids = [f"bu{i}" for i in range(users)]
+        table = pa.table(
+            {
+                "user_id": ids,
+                "platform": ["ios" if i % 2 else "android" for i in range(users)],
+                "token": [apns_token() if i % 2 else fcm_token() for i in range(users)],
+            }
+        )
+        import_devices(stack.settings, table)
+        while httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code != 200:
+            time.sleep(0.5)
+        typer.echo(f"{users} users imported; posting {rate}/s for {seconds}s", err=True)
+        t0 = time.time()
+        accepted, errors = asyncio.run(
+            post_steadily(stack.api_url, stack.api_key, ids, rate, seconds, batch_ms)
+        )
+        posted_s = time.time() - t0
+        pushes = collect(stack.settings.redis_url, stack.settings.key_prefix, accepted, 300)
+
+    delivered = [p for p in pushes if p["status"] == "delivered"]
+    latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])
+    acked = np.array([p["acked_at"] for p in delivered])
+    span = float(acked.max() - t0) if len(acked) else float("nan")
+    result = {
+        "target_per_s": rate,
+        "posted_per_s": round(len(accepted) / posted_s, 1),
+        "sent_per_s": round(len(delivered) / span, 1) if len(acked) else 0.0,
+        "p50_s": round(float(np.percentile(latency, 50)), 4) if len(latency) else None,
+        "p99_s": round(float(np.percentile(latency, 99)), 4) if len(latency) else None,
+        "max_s": round(float(latency.max()), 4) if len(latency) else None,
+        "accepted": len(accepted),
+        "delivered": len(delivered),
+        "lost": len(accepted) - len(delivered),
+        "http_errors": errors,
+        "machine": machine(),
+        "command": command,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(main)

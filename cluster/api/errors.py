@@ -1,0 +1,170 @@
+"""Every error answer has one shape: {"error": {"code", "message", "fields": [...]}}.
+
+Handlers here turn pydantic/FastAPI validation errors, HTTP errors and Herald's own
+`ApiError` into that shape, so a client parses one format and learns which field was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("herald.api")
+
+
+class ApiError(Exception):
+    """An error answer Herald chooses on purpose."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        fields: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.fields = fields or []
+        self.headers = headers
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    fields: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "fields": fields or []}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_path(loc: tuple | list) -> str:
+    """('body', 'events', 3, 'user_id') → 'events[3].user_id'."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header") and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "." in str(part) or part.__class__ is not str:
+            continue  # discriminator tags such as 'order.updated'
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (detail.get("ctx") or {}).get("error", "not valid JSON")
+        return error_response(
+            400,
+            "malformed_json",
+            "the body is not valid JSON",
+            [{"field": "body", "reason": reason}],
+        )
+    fields = []
+    for e in errors:
+        reason = e.get("msg", "invalid")
+        if reason.startswith("Value error, "):
+            reason = reason.removeprefix("Value error, ")
+        field = field_path(e.get("loc", ()))
+        if e.get("type") == "union_tag_invalid":
+            field += ".type"
+        if ": " in reason and reason.split(": ", 1)[0].isidentifier():
+            sub, reason = reason.split(": ", 1)  # model validators name their field first
+            field = f"{field}.{sub}" if field != "body" else sub
+        fields.append({"field": field, "reason": reason})
+    return error_response(
+        422, "validation_error", "the request does not match the contract", fields
+    )
+
+
+def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+    return error_response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=exc.headers,
+    )
+
+
+def _api(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(503, "unavailable", "Herald could not complete the request; retry")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ApiError, _api)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over `max_bytes` with 413, by header or by counting
+    (a chunked body has no Content-Length to trust)."""
+
+    @dataclass
+    class Limit:
+        max_bytes: int
+
+    def __init__(self, app: ASGIApp, limit: BodySizeLimit.Limit) -> None:
+        self.app, self.limit = app, limit
+
+    @property
+    def max_bytes(self) -> int:
+        return self.limit.max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413,
+            "payload_too_large",
+            f"the body is over {self.max_bytes} bytes",
+            [{"field": "body", "reason": f"at most {self.max_bytes} bytes"}],
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

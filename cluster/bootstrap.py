@@ -1,0 +1,69 @@
+"""Create (or find) Herald's named actors: shards, senders, routers.
+
+Actors are detached and named, so any Serve replica, CLI or notebook finds the same ones
+and they outlive the process that created them; `get_if_exists` makes this idempotent, so
+every ingress replica may call it. `max_restarts=-1` brings a dead actor back, and each
+rebuilds its state from Redis (shards) or its own pending log entries (routers).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from actors.router import EventRouter
+from actors.sender import ChannelSender
+from actors.user_shard import UserShard
+from cluster.names import CHANNELS, router_name, sender_name, shard_name
+from cluster.settings import HeraldSettings
+
+
+def _options(settings: HeraldSettings, name: str, **extra) -> dict:
+    return {
+        "name": name,
+        "namespace": settings.namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "num_cpus": settings.actor_num_cpus,
+        "max_restarts": -1,
+        **extra,
+    }
+
+
+def shard_handle(settings: HeraldSettings, index: int) -> ray.actor.ActorHandle:
+    return ray.get_actor(shard_name(index), namespace=settings.namespace)
+
+
+def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
+    """Start every actor Herald needs and wait until each answers."""
+    shards = [
+        ray.remote(UserShard)
+        .options(**_options(settings, shard_name(i), max_task_retries=3))
+        .remote(settings, i)
+        for i in range(settings.shards)
+    ]
+    senders = [
+        ray.remote(ChannelSender)
+        .options(**_options(settings, sender_name(c), max_concurrency=1000))
+        .remote(settings, c)
+        for c in CHANNELS
+    ]
+    routers = [
+        ray.remote(EventRouter)
+        .options(**_options(settings, router_name(i), max_concurrency=1000))
+        .remote(settings, i)
+        for i in range(settings.routers)
+    ]
+    ray.get([a.ping.remote() for a in shards + senders], timeout=timeout_s)
+    ray.get([r.start.remote() for r in routers], timeout=timeout_s)
+
+
+def kill_actors(settings: HeraldSettings) -> None:
+    """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
+    names = [shard_name(i) for i in range(settings.shards)]
+    names += [sender_name(c) for c in CHANNELS]
+    names += [router_name(i) for i in range(settings.routers)]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)
+        except ValueError:
+            pass

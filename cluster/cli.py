@@ -1,0 +1,112 @@
+"""`herald`: run the local stack, run the demo scenario, look at a running cluster."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+
+from cluster.demo import StackInfo, run_scenario, seed
+
+app = typer.Typer(help="Herald: personalized notification fan-out on Ray.", no_args_is_help=True)
+
+DataDir = Annotated[Path, typer.Option(help="Where the local stack keeps its state.")]
+
+
+def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool):
+    from cluster.local import LocalStack
+
+    stack = LocalStack(data_dir=data_dir, http_port=port, shards=shards, dashboard=dashboard)
+    stack.start()
+    info = StackInfo(
+        api_url=stack.api_url,
+        api_key=stack.api_key,
+        apns_url=stack.apns.url,
+        fcm_url=stack.fcm.url,
+        ca_file=str(stack.settings.apns_ca_file),
+    )
+    info.save(stack.data_dir)
+    return stack, info
+
+
+@app.command()
+def run(
+    port: Annotated[int, typer.Option(help="HTTP port of the API.")] = 8000,
+    shards: Annotated[int, typer.Option(help="Number of UserShard actors.")] = 4,
+    data_dir: DataDir = Path(".herald"),
+    dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard too.")] = True,
+    seed_demo: Annotated[bool, typer.Option("--seed/--no-seed", help="Seed demo users.")] = True,
+) -> None:
+    """Start Redis, the provider emulators, Ray and the Serve app; Ctrl-C stops them all."""
+    stack, info = _start_stack(data_dir, port, shards, dashboard)
+    try:
+        if seed_demo:
+            headers = {"Authorization": f"Bearer {info.api_key}"}
+            with httpx.Client(base_url=info.api_url, headers=headers, timeout=30) as api:
+                seed(api)
+        auth = f"-H 'Authorization: Bearer {info.api_key}'"
+        typer.echo(f"API: {info.api_url}")
+        typer.echo(f"API key: {info.api_key}")
+        typer.echo(f"APNs emulator: {info.apns_url}")
+        typer.echo(f"FCM emulator: {info.fcm_url}")
+        typer.echo("Try:")
+        typer.echo(
+            f"curl -s {auth} -H 'Content-Type: application/json' {info.api_url}/v1/devices "
+            """-d '{"user_id":"u1","platform":"ios","token":"%s"}'""" % ("ab" * 32)
+        )
+        typer.echo(
+            f"curl -s {auth} -H 'Content-Type: application/json' {info.api_url}/v1/events "
+            """-d '{"events":[{"event_id":"e1","type":"order.updated","user_id":"u1","""
+            """"order_id":"A1","status":"shipped"}]}'"""
+        )
+        typer.echo(f"curl -s {auth} {info.api_url}/v1/notifications/e1")
+        typer.echo(f"OpenAPI docs: {info.api_url}/docs   (Ctrl-C stops everything)", err=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        typer.echo("stopping Herald…", err=True)
+        stack.stop()
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = Path(".herald"),
+    start: Annotated[
+        bool, typer.Option(help="Start a stack if none is running at the recorded address.")
+    ] = True,
+) -> None:
+    """Scripted scenario: devices, order updates, what reached each emulator, statuses.
+    Exits 0 only if every notification was delivered."""
+    info = StackInfo.load(data_dir)
+    stack = None
+    if info is None or not _reachable(info.api_url):
+        if not start:
+            typer.echo("no running Herald found; start one with `make run`", err=True)
+            raise typer.Exit(2)
+        typer.echo("no running Herald found: starting one for the demo…", err=True)
+        stack, info = _start_stack(data_dir, None, 2, False)
+    try:
+        ok = run_scenario(info, echo=typer.echo)
+    finally:
+        if stack is not None:
+            stack.stop()
+    raise typer.Exit(0 if ok else 1)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,118 @@
+"""Delivery state in Redis: one hash per notification, one field per device/channel.
+
+`{prefix}ntf:{notification_id}` holds `meta` (who, what, when accepted) and, per delivery,
+`d:{device_id}` → JSON {channel, status, attempts, last_error, updated_at, acked_at}. A
+field already `delivered` or `dead` is never sent again, which is what keeps a redelivered
+event from reaching a phone twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import polars as pl
+import redis.asyncio as aioredis
+
+from cluster.settings import HeraldSettings
+
+FINAL = ("delivered", "dead", "failed")
+STATUS_OF_OUTCOME = {
+    "delivered": "delivered",
+    "retry": "retrying",
+    "dead_token": "dead",
+    "failed": "failed",
+}
+
+
+class DeliveryState:
+    def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+
+    def key(self, notification_id: str) -> str:
+        return self.settings.key("ntf", notification_id)
+
+    async def finished(self, deliveries: pl.DataFrame) -> pl.Series:
+        """Boolean per delivery row: already in a final state (so not to be sent again)."""
+        if deliveries.height == 0:
+            return pl.Series("finished", [], dtype=pl.Boolean)
+        pipe = self.redis.pipeline(transaction=False)
+        for nid, device_id in deliveries.select("notification_id", "device_id").iter_rows():
+            pipe.hget(self.key(nid), f"d:{device_id}")
+        values = await pipe.execute()
+        statuses = pl.Series("v", values, dtype=pl.Binary).cast(pl.String)
+        status = statuses.str.json_path_match("$.status")
+        return status.is_in(FINAL).fill_null(False).alias("finished")
+
+    async def record_routed(
+        self, deliveries: pl.DataFrame, suppressed: pl.DataFrame, meta: pl.DataFrame
+    ) -> None:
+        """Before sending: the notification's meta, each delivery as queued, and why a
+        notification with no delivery was suppressed."""
+        now = time.time()
+        ttl = self.settings.notification_ttl_s
+        pipe = self.redis.pipeline(transaction=False)
+        for row in meta.iter_rows(named=True):
+            key = self.key(row["notification_id"])
+            pipe.hset(key, "meta", json.dumps({**row, "routed_at": now}))
+            pipe.expire(key, ttl)
+        for nid, reason in suppressed.select("notification_id", "reason").iter_rows():
+            pipe.hset(self.key(nid), "suppressed", reason)
+        queued = deliveries.select(
+            "notification_id",
+            pl.format("d:{}", "device_id").alias("field"),
+            pl.struct(
+                channel="channel",
+                status=pl.lit("queued"),
+                attempts=pl.lit(0),
+                updated_at=pl.lit(now),
+            )
+            .struct.json_encode()
+            .alias("value"),
+        )
+        for nid, field, value in queued.iter_rows():
+            pipe.hset(self.key(nid), field, value)
+        await pipe.execute()
+
+    async def record_results(
+        self, deliveries: pl.DataFrame, results: pl.DataFrame, attempt: int = 1
+    ) -> None:
+        """After sending: each delivery's status from its provider outcome."""
+        now = time.time()
+        rows = deliveries.select("delivery_id", "notification_id", "device_id", "channel").join(
+            results, on="delivery_id", how="inner"
+        )
+        encoded = rows.select(
+            "notification_id",
+            pl.format("d:{}", "device_id").alias("field"),
+            pl.struct(
+                channel="channel",
+                status=pl.col("outcome").replace_strict(STATUS_OF_OUTCOME),
+                attempts=pl.lit(attempt),
+                last_error="error",
+                acked_at="acked_at",
+                updated_at=pl.lit(now),
+            )
+            .struct.json_encode()
+            .alias("value"),
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for nid, field, value in encoded.iter_rows():
+            pipe.hset(self.key(nid), field, value)
+        await pipe.execute()
+
+    async def get(self, notification_id: str) -> dict[str, Any] | None:
+        fields = await self.redis.hgetall(self.key(notification_id))
+        if not fields:
+            return None
+        fields = {k.decode(): v.decode() for k, v in fields.items()}
+        meta = json.loads(fields.pop("meta", "{}"))
+        suppressed = fields.pop("suppressed", None)
+        deliveries = [
+            {"device_id": name[2:], **json.loads(value)}
+            for name, value in sorted(fields.items())
+            if name.startswith("d:")
+        ]
+        return {"meta": meta, "suppressed": suppressed, "deliveries": deliveries}

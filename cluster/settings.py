@@ -1,0 +1,140 @@
+"""Herald's configuration: one pydantic-settings class, every field from `HERALD_<NAME>`.
+
+The same object is handed to every actor and Serve replica, so a cluster runs on one
+consistent picture of its configuration instead of each process reading the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HeraldSettings(BaseSettings):
+    """Every knob Herald has. Each field is read from `HERALD_<FIELD>` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_", extra="forbid", frozen=True)
+
+    # --- state and log -------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis holding state, delivery status, inboxes and the event log streams.",
+    )
+    key_prefix: str = Field(
+        "herald:",
+        description="Prefix of every Redis key and stream; lets tests and tenants share a Redis.",
+    )
+    event_log: Literal["redis"] = Field(
+        "redis", description="Backend of the durable event log (Redis Streams)."
+    )
+    idempotency_window_s: int = Field(
+        7 * 24 * 3600,
+        description="How long an event_id is remembered; a replay inside it is a duplicate.",
+    )
+    notification_ttl_s: int = Field(
+        14 * 24 * 3600, description="How long delivery status of a notification is kept."
+    )
+    inbox_max_items: int = Field(200, description="Newest inbox items kept per user.")
+
+    # --- topology ------------------------------------------------------------------------
+    namespace: str = Field("herald", description="Ray namespace of Herald's named actors.")
+    shards: int = Field(4, ge=1, le=4096, description="Number of UserShard actors.")
+    routers: int = Field(2, ge=1, le=256, description="Number of event-router actors.")
+    router_loops: int = Field(
+        4, ge=1, le=64, description="Concurrent read loops per router (batches in flight)."
+    )
+    batch_max_rows: int = Field(
+        500, ge=1, le=10_000, description="Most stream entries a router reads in one batch."
+    )
+    batch_max_wait_ms: int = Field(
+        50, ge=1, le=10_000, description="Longest a router blocks waiting for a batch."
+    )
+    actor_num_cpus: float = Field(
+        0.1,
+        gt=0,
+        description="CPUs reserved per Herald actor; fractional so a 2-core box fits them all.",
+    )
+
+    # --- API -----------------------------------------------------------------------------
+    api_keys: dict[str, list[Literal["ingest", "admin"]]] = Field(
+        default_factory=lambda: {"dev-admin-key": ["ingest", "admin"]},
+        description='API keys and their scopes, as JSON: {"key": ["ingest", "admin"]}.',
+    )
+    http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
+    http_port: int = Field(8000, description="Port of the Serve HTTP proxy.")
+    max_body_bytes: int = Field(1 << 20, description="Largest request body accepted.")
+    max_events_per_request: int = Field(1000, description="Most events in one POST /v1/events.")
+
+    # --- APNs ----------------------------------------------------------------------------
+    apns_host: str = Field("api.push.apple.com", description="APNs host (an emulator in tests).")
+    apns_port: int = Field(443, description="APNs port.")
+    apns_ca_file: Path | None = Field(
+        None, description="Extra CA bundle to trust for APNs (the emulator's test CA)."
+    )
+    apns_key_file: Path | None = Field(None, description="APNs auth key (.p8, ES256).")
+    apns_key_id: str = Field("HERALDKEY1", description="Key ID of the APNs auth key.")
+    apns_team_id: str = Field("HERALDTEAM", description="Apple developer team ID.")
+    apns_topic: str = Field("com.example.shop", description="App bundle id (apns-topic).")
+    apns_connections: int = Field(4, ge=1, description="HTTP/2 connections to APNs.")
+    apns_concurrency: int = Field(200, ge=1, description="Most APNs requests in flight.")
+    apns_rate_per_s: float = Field(20_000, gt=0, description="APNs send rate ceiling.")
+
+    # --- FCM -----------------------------------------------------------------------------
+    fcm_project_id: str = Field("herald-demo", description="Firebase project id.")
+    fcm_endpoint: str = Field(
+        "https://fcm.googleapis.com", description="FCM base URL (an emulator in tests)."
+    )
+    fcm_ca_file: Path | None = Field(
+        None, description="Extra CA bundle to trust for FCM (the emulator's test CA)."
+    )
+    fcm_credentials_file: Path | None = Field(
+        None, description="Service-account JSON; its token_uri may point at the emulator."
+    )
+    fcm_concurrency: int = Field(100, ge=1, description="Most FCM requests in flight.")
+    fcm_rate_per_s: float = Field(
+        10_000, gt=0, description="FCM send rate ceiling (default quota is 10k/s/project)."
+    )
+
+    # --- local stack (make run, tests) ---------------------------------------------------
+    data_dir: Path = Field(
+        Path(".herald"), description="Where the local stack keeps Redis data, certs and keys."
+    )
+
+    def key(self, *parts: str | int) -> str:
+        """A Redis key under this deployment's prefix."""
+        return self.key_prefix + ":".join(str(p) for p in parts)
+
+    def with_overrides(self, **overrides: Any) -> HeraldSettings:
+        """A copy with some fields replaced; validated like the original."""
+        data = self.model_dump()
+        data.update(overrides)
+        return HeraldSettings.model_validate(data)
+
+
+def _args_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        name: (field.annotation | None, Field(None, description=field.description))
+        for name, field in HeraldSettings.model_fields.items()
+    }
+    return create_model(
+        "HeraldArgs", __config__=ConfigDict(extra="forbid"), __doc__=_ARGS_DOC, **fields
+    )
+
+
+_ARGS_DOC = """Arguments of the Serve application builder: any HeraldSettings field.
+
+Fields left unset fall back to `HERALD_*` environment variables and then to defaults, so
+`serve run serve_app:app_builder shards=8` and a Serve config's `args:` block override only
+what they name.
+"""
+
+HeraldArgs = _args_model()
+
+
+def settings_from_args(args: BaseModel) -> HeraldSettings:
+    """Environment-backed settings with the builder's explicit arguments on top."""
+    explicit = {k: v for k, v in args.model_dump().items() if v is not None}
+    return HeraldSettings(**explicit)

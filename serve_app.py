@@ -1,0 +1,329 @@
+"""Herald's Serve entry point: the FastAPI ingress and the typed application builder.
+
+    serve run serve_app:app                        # settings from HERALD_* variables
+    serve run serve_app:app_builder shards=8       # any HeraldSettings field as an arg
+
+The ingress validates at the door, writes events to the durable log before answering 202,
+and talks to the shards for device and user writes. Everything after the log (routing,
+sending, status) happens in Herald's actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated
+
+import pyarrow as pa
+import ray
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Header, Path, Query, Response, WebSocket, WebSocketDisconnect
+from ray import serve
+from ray.serve import Application
+
+from actors.senders.inbox import inbox_keys
+from cluster.api.auth import Scope, check_key
+from cluster.api.errors import ApiError, BodySizeLimit, install_error_handlers
+from cluster.api.schemas import (
+    ID_PATTERN,
+    DeviceIn,
+    DeviceOut,
+    ErrorResponse,
+    EventsAccepted,
+    EventsIn,
+    Inbox,
+    NotificationStatus,
+    PreferencesIn,
+    ProfileIn,
+)
+from cluster.bootstrap import ensure_actors
+from cluster.delivery_state import DeliveryState
+from cluster.event_log import LANE_OF_TYPE, LANES, RedisEventLog
+from cluster.names import CHANNELS, router_name, sender_name, shard_name
+from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
+from cluster.sharding import shard_of
+from cluster.tables.devices import device_id_for
+
+UserId = Annotated[str, Path(pattern=ID_PATTERN)]
+Auth = Annotated[str | None, Header(alias="Authorization")]
+ERRORS = {
+    400: {"model": ErrorResponse},
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+}
+
+api = FastAPI(
+    title="Herald",
+    version="1",
+    summary="Personalized notification fan-out: events in, pushes, inbox and streams out.",
+    responses=ERRORS,
+)
+install_error_handlers(api)
+# The ingress sets the real limit from its settings when a replica starts.
+body_limit = BodySizeLimit.Limit(max_bytes=HeraldSettings.model_fields["max_body_bytes"].default)
+api.add_middleware(BodySizeLimit, limit=body_limit)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.2},
+    max_ongoing_requests=200,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 50},
+)
+@serve.ingress(api)
+class HeraldIngress:
+    def __init__(self, settings: HeraldSettings) -> None:
+        self.settings = settings
+        body_limit.max_bytes = settings.max_body_bytes
+        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.events = RedisEventLog(settings, self.redis)
+        self.state = DeliveryState(settings, self.redis)
+        ensure_actors(settings)
+        self.shards = [
+            ray.get_actor(shard_name(i), namespace=settings.namespace)
+            for i in range(settings.shards)
+        ]
+
+    def _auth(self, authorization: str | None, scope: Scope) -> None:
+        check_key(self.settings.api_keys, authorization, scope)
+
+    def _shard(self, user_id: str) -> ray.actor.ActorHandle:
+        return self.shards[int(shard_of([user_id], self.settings.shards)[0])]
+
+    # --- health --------------------------------------------------------------------------
+    @api.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"])
+    async def readyz(self, response: Response) -> dict[str, dict[str, bool]]:
+        """Ready when Redis answers and every shard, router and sender answers within 2 s."""
+        names = [shard_name(i) for i in range(self.settings.shards)]
+        names += [router_name(i) for i in range(self.settings.routers)]
+        names += [sender_name(c) for c in CHANNELS]
+
+        async def up(name: str) -> bool:
+            try:
+                await asyncio.wait_for(self._actor(name).ping.remote(), timeout=2)
+                return True
+            except Exception:
+                return False
+
+        async def redis_up() -> bool:
+            try:
+                return bool(await asyncio.wait_for(self.redis.ping(), timeout=2))
+            except Exception:
+                return False
+
+        results = await asyncio.gather(redis_up(), *[up(n) for n in names])
+        checks = {"redis": results[0], **dict(zip(names, results[1:], strict=True))}
+        if not all(checks.values()):
+            response.status_code = 503
+        return {"checks": checks}
+
+    @api.get("/v1/admin/stats", tags=["admin"])
+    async def admin_stats(self, authorization: Auth = None) -> dict:
+        """Shard sizes, log backlog per lane, router and sender counters (admin scope)."""
+        self._auth(authorization, "admin")
+        shards = await asyncio.gather(*[s.stats.remote() for s in self.shards])
+        routers = await asyncio.gather(
+            *[self._actor(router_name(i)).ping.remote() for i in range(self.settings.routers)]
+        )
+        senders = await asyncio.gather(*[self._actor(sender_name(c)).ping.remote() for c in CHANNELS])
+        backlog = {lane: await self.events.lag(lane) for lane in LANES}
+        return {"shards": shards, "routers": routers, "senders": senders, "log_backlog": backlog}
+
+    def _actor(self, name: str) -> ray.actor.ActorHandle:
+        return ray.get_actor(name, namespace=self.settings.namespace)
+
+    # --- devices and users ---------------------------------------------------------------
+    @api.post("/v1/devices", status_code=201, tags=["devices"])
+    async def register_device(
+        self, device: DeviceIn, response: Response, authorization: Auth = None
+    ) -> DeviceOut:
+        """Register a device; the same token again updates its row (200) instead of adding one."""
+        self._auth(authorization, "ingest")
+        device_id = device_id_for(device.platform, device.app_id, device.token)
+        owners = self.settings.key("devices", "owner")
+        previous = await self.redis.hget(owners, device_id)
+        if previous is not None and previous.decode() != device.user_id:
+            # The phone changed hands: the old user must stop getting pushes on it.
+            await self._shard(previous.decode()).deactivate_devices.remote([device_id])
+        row = pa.Table.from_pylist(
+            [
+                {
+                    **device.model_dump(),
+                    "device_id": device_id,
+                    "active": True,
+                    "updated_at": time.time(),
+                }
+            ]
+        )
+        await self._shard(device.user_id).upsert_devices.remote(row)
+        await self.redis.hset(owners, device_id, device.user_id)
+        if previous is not None:
+            response.status_code = 200
+        return DeviceOut(device_id=device_id, created=previous is None)
+
+    @api.delete("/v1/devices/{device_id}", status_code=204, tags=["devices"])
+    async def unregister_device(
+        self, device_id: Annotated[str, Path(pattern=ID_PATTERN)], authorization: Auth = None
+    ) -> Response:
+        self._auth(authorization, "ingest")
+        owners = self.settings.key("devices", "owner")
+        owner = await self.redis.hget(owners, device_id)
+        if owner is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no device {device_id!r}",
+                fields=[{"field": "device_id", "reason": "unknown device"}],
+            )
+        await self._shard(owner.decode()).deactivate_devices.remote([device_id])
+        await self.redis.hdel(owners, device_id)
+        return Response(status_code=204)
+
+    @api.put("/v1/users/{user_id}", tags=["users"])
+    async def put_profile(
+        self, user_id: UserId, profile: ProfileIn, authorization: Auth = None
+    ) -> ProfileIn:
+        self._auth(authorization, "ingest")
+        row = {**profile.model_dump(), "user_id": user_id, "updated_at": time.time()}
+        row["attributes"] = json.dumps(row["attributes"])
+        await self._shard(user_id).upsert_profiles.remote(pa.Table.from_pylist([row]))
+        return profile
+
+    @api.put("/v1/users/{user_id}/preferences", tags=["users"])
+    async def put_preferences(
+        self, user_id: UserId, prefs: PreferencesIn, authorization: Auth = None
+    ) -> PreferencesIn:
+        self._auth(authorization, "ingest")
+        quiet = prefs.quiet_hours
+        row = {
+            "user_id": user_id,
+            **prefs.channels.model_dump(),
+            **{f"cat_{k}": v for k, v in prefs.categories.model_dump().items()},
+            "quiet_start_min": _minutes(quiet.start) if quiet else None,
+            "quiet_end_min": _minutes(quiet.end) if quiet else None,
+            "max_marketing_per_day": prefs.max_marketing_per_day,
+            "updated_at": time.time(),
+        }
+        await self._shard(user_id).upsert_preferences.remote(pa.Table.from_pylist([row]))
+        return prefs
+
+    # --- events and status ---------------------------------------------------------------
+    @api.post("/v1/events", status_code=202, tags=["events"])
+    async def post_events(self, body: EventsIn, authorization: Auth = None) -> EventsAccepted:
+        """Log events durably, then answer. An event_id seen before is a duplicate and sends
+        nothing; its notification_id is its event_id."""
+        self._auth(authorization, "ingest")
+        triples = [
+            (e.event_id, LANE_OF_TYPE[e.type], e.model_dump(mode="json")) for e in body.events
+        ]
+        fresh = await self.events.append(triples)
+        return EventsAccepted(
+            accepted=[t[0] for t, new in zip(triples, fresh, strict=True) if new],
+            duplicate=[t[0] for t, new in zip(triples, fresh, strict=True) if not new],
+        )
+
+    @api.get("/v1/notifications/{notification_id}", tags=["events"])
+    async def get_notification(
+        self, notification_id: Annotated[str, Path(pattern=ID_PATTERN)], authorization: Auth = None
+    ) -> NotificationStatus:
+        self._auth(authorization, "ingest")
+        record = await self.state.get(notification_id)
+        if record is None:
+            accepted_at = await self.events.accepted_at(notification_id)
+            if accepted_at is None:
+                raise ApiError(
+                    404,
+                    "not_found",
+                    f"no notification {notification_id!r}",
+                    fields=[{"field": "notification_id", "reason": "unknown id"}],
+                )
+            return NotificationStatus(
+                notification_id=notification_id, state="accepted", accepted_at=accepted_at
+            )
+        meta, deliveries = record["meta"], record["deliveries"]
+        return NotificationStatus(
+            notification_id=notification_id,
+            state=_overall_state(record),
+            user_id=meta.get("user_id"),
+            type=meta.get("type"),
+            accepted_at=meta.get("accepted_at"),
+            suppressed_reason=record["suppressed"],
+            deliveries=deliveries,
+        )
+
+    # --- inbox ---------------------------------------------------------------------------
+    @api.get("/v1/users/{user_id}/inbox", tags=["inbox"])
+    async def get_inbox(
+        self,
+        user_id: UserId,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        authorization: Auth = None,
+    ) -> Inbox:
+        self._auth(authorization, "ingest")
+        zset, items_key, _ = inbox_keys(self.settings, user_id)
+        ids = await self.redis.zrevrange(zset, 0, limit - 1)
+        items = await self.redis.hmget(items_key, ids) if ids else []
+        return Inbox(user_id=user_id, items=[json.loads(i) for i in items if i is not None])
+
+    @api.websocket("/v1/users/{user_id}/stream")
+    async def stream(self, websocket: WebSocket, user_id: str) -> None:
+        """Live inbox items. Browsers cannot set headers on a WebSocket, so the key may
+        also come as `?api_key=`."""
+        header = websocket.headers.get("authorization")
+        key = websocket.query_params.get("api_key")
+        try:
+            check_key(
+                self.settings.api_keys, header or (f"Bearer {key}" if key else None), "ingest"
+            )
+        except ApiError as exc:
+            await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.message)
+            return
+        await websocket.accept()
+        _, _, channel = inbox_keys(self.settings, user_id)
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(channel)
+        try:
+            await websocket.send_json({"type": "subscribed", "user_id": user_id})
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    item = json.loads(message["data"])
+                    await websocket.send_json({"type": "notification", "item": item})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            await pubsub.unsubscribe(channel)
+            await pubsub.aclose()
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _overall_state(record: dict) -> str:
+    statuses = [d["status"] for d in record["deliveries"]]
+    if not statuses:
+        return "suppressed" if record["suppressed"] else "in_progress"
+    if any(s in ("queued", "retrying") for s in statuses):
+        return "in_progress"
+    if all(s == "delivered" for s in statuses):
+        return "delivered"
+    if any(s == "delivered" for s in statuses):
+        return "partially_delivered"
+    return "failed"
+
+
+def app_builder(args: HeraldArgs) -> Application:
+    """Build the Herald application; `args` override HERALD_* settings field by field."""
+    return HeraldIngress.bind(settings_from_args(args))
+
+
+app = app_builder(HeraldArgs())

@@ -1,0 +1,54 @@
+"""Session fixtures: the real stack — Redis, the provider emulators, Ray and Serve — started
+once. Tests isolate themselves with fresh ids (uuid), never by restarting the world."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from cluster.local import LocalStack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(
+        data_dir=tmp_path_factory.mktemp("herald"),
+        http_port=None,
+        num_cpus=2,
+        shards=2,
+        routers=1,
+        api_keys={"test-admin": ["ingest", "admin"], "test-ingest": ["ingest"]},
+    ) as running:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "Herald never became ready"
+            time.sleep(0.5)
+        yield running
+
+
+@pytest.fixture
+def api(stack: LocalStack) -> Iterator[httpx.Client]:
+    headers = {"Authorization": "Bearer test-admin"}
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def emulators(stack: LocalStack) -> Iterator[dict[str, httpx.Client]]:
+    """HTTP/2 clients of the APNs and FCM emulators' control endpoints, trusting their CA."""
+    ca = str(stack.settings.apns_ca_file)
+    with (
+        httpx.Client(base_url=stack.apns.url, verify=ca, http2=True, timeout=30) as apns,
+        httpx.Client(base_url=stack.fcm.url, verify=ca, http2=True, timeout=30) as fcm,
+    ):
+        yield {"apns": apns, "fcm": fcm}
+
+
+@pytest.fixture
+def uid() -> str:
+    """A fresh id prefix per test."""
+    return uuid.uuid4().hex[:10]
