@@ -40,7 +40,7 @@ from cluster.api.schemas import (
 from cluster.bootstrap import ensure_actors
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, RedisEventLog
-from cluster.names import CHANNELS, router_name, sender_name, shard_name
+from cluster.names import channels, router_name, sender_name, shard_name
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
@@ -103,7 +103,7 @@ class HeraldIngress:
         """Ready when Redis answers and every shard, router and sender answers within 2 s."""
         names = [shard_name(i) for i in range(self.settings.shards)]
         names += [router_name(i) for i in range(self.settings.routers)]
-        names += [sender_name(c) for c in CHANNELS]
+        names += [sender_name(c) for c in channels(self.settings)]
 
         async def up(name: str) -> bool:
             try:
@@ -132,7 +132,9 @@ class HeraldIngress:
         routers = await asyncio.gather(
             *[self._actor(router_name(i)).ping.remote() for i in range(self.settings.routers)]
         )
-        senders = await asyncio.gather(*[self._actor(sender_name(c)).ping.remote() for c in CHANNELS])
+        senders = await asyncio.gather(
+            *[self._actor(sender_name(c)).ping.remote() for c in channels(self.settings)]
+        )
         backlog = {lane: await self.events.lag(lane) for lane in LANES}
         return {"shards": shards, "routers": routers, "senders": senders, "log_backlog": backlog}
 

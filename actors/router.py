@@ -1,8 +1,9 @@
 """EventRouter: reads batches from the event log, plans deliveries, sends, records, acks.
 
 Each router runs several read loops per lane, so while one batch waits on the providers the
-next is already being planned. The order inside a loop is what makes delivery at-least-once:
-record as queued → send → record outcomes → XACK. A crash anywhere before the XACK leaves
+next is already being planned, plus one loop that re-sends due retries. The order inside a
+loop is what makes delivery at-least-once: record as queued → send → record outcomes (and
+schedule retries, dead-letter the hopeless) → XACK. A crash anywhere before the XACK leaves
 the entry pending; it is read again (own pending first after a restart, XAUTOCLAIM by a
 peer otherwise) and deliveries already final in the delivery state are skipped.
 """
@@ -10,18 +11,24 @@ peer otherwise) and deliveries already final in the delivery state are skipped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from collections import Counter
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
 
+from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.delivery_state import DeliveryState
-from cluster.event_log import LANES, RedisEventLog
-from cluster.names import sender_name, shard_name
+from cluster.event_log import LANE_OF_TYPE, LANES, RedisEventLog
+from cluster.names import PUSH_CHANNELS, sender_name, shard_name
+from cluster.retry_schedule import RetrySchedule
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
+from cluster.tables.deliveries import DELIVERIES
 from pipelines import order_updates
 
 log = logging.getLogger("herald.router")
@@ -36,6 +43,7 @@ _EVENT_DTYPE = pl.Struct(
         "status": pl.String,
     }
 )
+_DELIVERY_COLUMNS = [f.name for f in DELIVERIES]
 
 
 class EventRouter:
@@ -45,11 +53,13 @@ class EventRouter:
         self.settings = settings
         self.index = index
         self.log = RedisEventLog(settings)
-        self.state = DeliveryState(settings, self.log.redis)
+        self.redis = self.log.redis
+        self.state = DeliveryState(settings, self.redis)
+        self.retries = RetrySchedule(settings, self.redis)
         self._tasks: list[asyncio.Task] = []
         self._handles: dict[str, ray.actor.ActorHandle] = {}
-        self.processed = 0
-        self.sent = 0
+        self._failures: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
         # Ray runs an async actor's __init__ inside its event loop: the loops start here, so
         # an actor Ray restarts after a crash resumes reading without anyone calling it.
         self._startup = asyncio.get_running_loop().create_task(self._start())
@@ -60,18 +70,29 @@ class EventRouter:
             for loop in range(self.settings.router_loops):
                 consumer = f"router-{self.index}-{lane}-{loop}"
                 self._tasks.append(asyncio.create_task(self._run(lane, consumer)))
+        self._tasks.append(asyncio.create_task(self._run_retries()))
 
     async def start(self) -> None:
         """Wait until the read loops run (bootstrap calls it to surface startup errors)."""
         await self._startup
 
     async def ping(self) -> dict[str, int]:
-        return {"router": self.index, "processed": self.processed, "sent": self.sent}
+        return {"router": self.index, **self.counts}
 
+    # --- reading the log -----------------------------------------------------------------
     async def _run(self, lane: str, consumer: str) -> None:
         pending = True  # after a restart, first finish what this consumer had read
+        next_claim = time.monotonic() + self.settings.claim_idle_ms / 1000
         while True:
             try:
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
+                    stale = await self.log.claim_stale(
+                        lane, consumer, self.settings.claim_idle_ms, self.settings.batch_max_rows
+                    )
+                    if stale.height:
+                        self.counts["claimed"] += stale.height
+                        await self._process_safely(lane, stale, redelivered=True)
                 entries = await self.log.read(
                     lane,
                     consumer,
@@ -83,27 +104,91 @@ class EventRouter:
                     pending = False
                     continue
                 if entries.height:
-                    await self.process(lane, entries)
+                    await self._process_safely(lane, entries, redelivered=pending)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("router %s: batch failed; entries stay pending", consumer)
+                log.exception("router %s: read failed; retrying", consumer)
                 pending = True
                 await asyncio.sleep(0.5)
 
-    async def process(self, lane: str, entries: pl.DataFrame) -> None:
+    async def _process_safely(self, lane: str, entries: pl.DataFrame, redelivered: bool) -> None:
+        """Process a batch; if it fails, process its entries one by one so a poison event
+        is dead-lettered after `poison_attempts` instead of blocking the events behind it."""
+        try:
+            await self.process(lane, entries, redelivered)
+            return
+        except Exception:
+            if entries.height == 1:
+                entry_id = entries["entry_id"][0]
+                self._failures[entry_id] += 1
+                if self._failures[entry_id] >= self.settings.poison_attempts:
+                    log.exception("router: event %s is poison; dead-lettering it", entry_id)
+                    await self._dead_letter_entries(lane, entries, "routing failed repeatedly")
+                    del self._failures[entry_id]
+                    return
+                raise
+            log.warning("router: batch of %d failed; retrying entry by entry", entries.height)
+        for i in range(entries.height):
+            try:
+                await self._process_safely(lane, entries.slice(i, 1), redelivered=True)
+            except Exception:
+                log.exception("router: entry failed; it stays pending")
+
+    async def process(self, lane: str, entries: pl.DataFrame, redelivered: bool = False) -> None:
         events = self._frame(entries, lane)
+        known = events["type"].is_in(list(LANE_OF_TYPE)) & events["event_id"].is_not_null()
+        if not known.all():
+            await self._dead_letter_entries(
+                lane, entries.filter(~known), "unknown event type or missing event_id"
+            )
+            events = events.filter(known)
         orders = events.filter(pl.col("type") == "order.updated")
         audience = await self._audience(orders["user_id"].unique().to_list())
-        deliveries, suppressed = order_updates.plan(orders, audience)
+        deliveries, suppressed = order_updates.plan(
+            orders, audience, fallback=self.settings.fallback_webhook_url is not None
+        )
         meta = orders.select("notification_id", "type", "user_id", "accepted_at")
-        if deliveries.height:
+        if redelivered and deliveries.height:
             deliveries = deliveries.filter(~(await self.state.finished(deliveries)))
         await self.state.record_routed(deliveries, suppressed, meta)
-        await self._send(deliveries)
+        await self._send(deliveries.with_columns(attempt=pl.lit(0)))
         await self.log.ack(lane, events["entry_id"].to_list())
-        self.processed += events.height
+        self.counts["events"] += events.height
 
+    async def _dead_letter_entries(self, lane: str, entries: pl.DataFrame, reason: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for body, accepted_at in entries.select("body", "accepted_at").iter_rows():
+            try:
+                event = json.loads(body)
+            except (TypeError, ValueError):
+                event = {"raw": body}
+            event = event if isinstance(event, dict) else {"raw": event}
+            fields = dead_letter_fields(
+                "event", {**event, "_lane": lane, "_accepted_at": accepted_at}, reason
+            )
+            pipe.xadd(dlq_key(self.settings), fields)
+        await pipe.execute()
+        await self.log.ack(lane, entries["entry_id"].to_list())
+        self.counts["dead_lettered_events"] += entries.height
+
+    # --- retries -------------------------------------------------------------------------
+    async def _run_retries(self) -> None:
+        while True:
+            try:
+                members, rows = await self.retries.take_due(self.settings.batch_max_rows)
+                if not members:
+                    await asyncio.sleep(0.2)
+                    continue
+                self.counts["retried"] += rows.height
+                await self._send(rows, retry_members=members)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("router: retry batch failed; it comes back after its lease")
+                await asyncio.sleep(0.5)
+
+    # --- sending and recording -----------------------------------------------------------
     async def _audience(self, user_ids: list[str]) -> pl.DataFrame:
         """One lookup call per shard that owns any of these users, all in parallel."""
         if not user_ids:
@@ -117,25 +202,99 @@ class EventRouter:
         tables: list[pa.Table] = await asyncio.gather(*calls)
         return pl.concat([pl.from_arrow(t) for t in tables], how="vertical_relaxed")
 
-    async def _send(self, deliveries: pl.DataFrame) -> None:
+    async def _send(self, deliveries: pl.DataFrame, retry_members: list | None = None) -> None:
+        """One call per channel; then every outcome recorded in one Redis pipeline."""
         if deliveries.height == 0:
             return
         parts = deliveries.partition_by("channel", as_dict=True)
-        calls, batches = [], []
-        for (channel,), part in parts.items():
-            calls.append(self._sender(channel).send.remote(part.to_arrow()))
-            batches.append(part)
+        calls = [
+            self._sender(channel).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow())
+            for (channel,), part in parts.items()
+        ]
         results = await asyncio.gather(*calls)
-        for part, result in zip(batches, results, strict=True):
-            outcome = pl.from_arrow(result)
-            await self.state.record_results(part, outcome)
-            await self._deactivate_dead(part, outcome)
-            self.sent += int((outcome["outcome"] == "delivered").sum())
+        answered = pl.concat(
+            [
+                part.join(pl.from_arrow(result), on="delivery_id", how="inner")
+                for part, result in zip(parts.values(), results, strict=True)
+            ],
+            how="vertical_relaxed",
+        ).with_columns(attempts=pl.col("attempt") + 1)
+        pipe = self.redis.pipeline(transaction=True)
+        self._record(answered, pipe)
+        if retry_members:
+            self.retries.done(retry_members, pipe)
+        await pipe.execute()
+        await self._deactivate_dead(answered.filter(pl.col("outcome") == "dead_token"))
+        if self.settings.fallback_webhook_url:
+            await self._fall_back(answered)
 
-    async def _deactivate_dead(self, part: pl.DataFrame, outcome: pl.DataFrame) -> None:
-        dead = part.join(
-            outcome.filter(pl.col("outcome") == "dead_token"), on="delivery_id", how="semi"
+    async def _fall_back(self, answered: pl.DataFrame) -> None:
+        """Order updates whose every push is now final and none delivered go to the webhook
+        (when the user allows email). Looks at the whole notification in the delivery state,
+        since its pushes may have settled in different batches."""
+        exhausted = (pl.col("outcome") == "retry") & (
+            pl.col("attempts") >= self.settings.retry_max_attempts
         )
+        gave_up = answered.filter(
+            pl.col("channel").is_in(PUSH_CHANNELS)
+            & (pl.col("outcome").is_in(["dead_token", "failed"]) | exhausted)
+        )
+        if gave_up.height == 0:
+            return
+        candidates = gave_up.unique(subset="notification_id")
+        pipe = self.redis.pipeline(transaction=False)
+        for nid in candidates["notification_id"]:
+            pipe.hgetall(self.state.key(nid))
+        records = await pipe.execute()
+        hopeless = [
+            not any(
+                name.startswith(b"d:") and name not in (b"d:inbox", b"d:webhook")
+                and json.loads(value)["status"] in ("queued", "retrying", "delivered")
+                for name, value in fields.items()
+            )
+            and b"d:webhook" not in fields
+            for fields in records
+        ]
+        candidates = candidates.filter(pl.Series(hopeless))
+        if candidates.height == 0:
+            return
+        audience = await self._audience(candidates["user_id"].unique().to_list())
+        allowed = audience.filter(pl.col("email")).select("user_id").unique()
+        fallback = order_updates.as_fallback(candidates.join(allowed, on="user_id", how="semi"))
+        fallback = fallback.with_columns(
+            delivery_id=pl.col("notification_id") + "|webhook", attempt=pl.lit(0)
+        ).select(*_DELIVERY_COLUMNS, "attempt")
+        await self.state.record_routed(fallback, pl.DataFrame(), pl.DataFrame())
+        self.counts["fallbacks"] += fallback.height
+        await self._send(fallback)
+
+    def _record(self, answered: pl.DataFrame, pipe) -> None:
+        """Final outcomes as they are; retryable ones rescheduled until attempts run out,
+        then dead-lettered like outcomes that can never succeed."""
+        out_of_attempts = pl.col("attempts") >= self.settings.retry_max_attempts
+        to_retry = answered.filter((pl.col("outcome") == "retry") & ~out_of_attempts)
+        hopeless = answered.filter(
+            (pl.col("outcome") == "failed") | ((pl.col("outcome") == "retry") & out_of_attempts)
+        )
+        settled = answered.filter(pl.col("outcome").is_in(["delivered", "dead_token"]))
+        self.state.record_results(settled, pipe)
+        self.state.record_results(to_retry, pipe)
+        self.state.record_results(hopeless, pipe, status="dead_lettered")
+        if to_retry.height:
+            rows = to_retry.select(
+                *_DELIVERY_COLUMNS, pl.col("attempts").alias("attempt"), "retry_after_s"
+            )
+            self.retries.schedule(rows, pipe)
+        for row in hopeless.select(*_DELIVERY_COLUMNS, "attempts", "error").iter_rows(named=True):
+            reason = row.pop("error") or "failed"
+            pipe.xadd(dlq_key(self.settings), dead_letter_fields("delivery", row, reason))
+        self.counts["delivered"] += int((answered["outcome"] == "delivered").sum())
+        self.counts["retry_scheduled"] += to_retry.height
+        self.counts["dead_lettered"] += hopeless.height
+        self.counts["dead_tokens"] += int((answered["outcome"] == "dead_token").sum())
+
+    async def _deactivate_dead(self, dead: pl.DataFrame) -> None:
+        """A token the provider says is gone is switched off in its shard at once."""
         if dead.height == 0:
             return
         owners = shard_of(dead["user_id"].to_list(), self.settings.shards)
@@ -162,6 +321,6 @@ class EventRouter:
     @staticmethod
     def _frame(entries: pl.DataFrame, lane: str) -> pl.DataFrame:
         events = entries["body"].str.json_decode(_EVENT_DTYPE).struct.unnest()
-        return pl.concat([entries.drop("body"), events], how="horizontal").with_columns(
+        return pl.concat([entries, events], how="horizontal").with_columns(
             notification_id=pl.col("event_id"), lane=pl.lit(lane)
         )

@@ -29,6 +29,10 @@ def provider_client(settings: HeraldSettings, channel: str) -> ProviderClient:
         from actors.senders.inbox import InboxClient
 
         return InboxClient(settings)
+    if channel == "webhook":
+        from actors.senders.webhook import WebhookClient
+
+        return WebhookClient(settings)
     raise ValueError(f"unknown channel {channel!r}")
 
 

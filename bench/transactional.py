@@ -120,9 +120,12 @@ def main(
     output: Path = typer.Option(RESULTS),
 ) -> None:
     command = "python bench/transactional.py " + shlex.join(sys.argv[1:])
-    with tempfile.TemporaryDirectory() as tmp, LocalStack(
-        data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalStack(
+            data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers
+        ) as stack,
+    ):
         ids = [f"bu{i}" for i in range(users)]
         table = pa.table(
             {

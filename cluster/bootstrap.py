@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ray
 
+from actors.kafka_ingestor import KafkaIngestor
 from actors.router import EventRouter
 from actors.sender import ChannelSender
 from actors.user_shard import UserShard
-from cluster.names import CHANNELS, router_name, sender_name, shard_name
+from cluster.names import INGESTOR, channels, router_name, sender_name, shard_name
 from cluster.settings import HeraldSettings
 
 
@@ -45,7 +46,7 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         ray.remote(ChannelSender)
         .options(**_options(settings, sender_name(c), max_concurrency=1000))
         .remote(settings, c)
-        for c in CHANNELS
+        for c in channels(settings)
     ]
     routers = [
         ray.remote(EventRouter)
@@ -55,13 +56,17 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
     ]
     ray.get([a.ping.remote() for a in shards + senders], timeout=timeout_s)
     ray.get([r.start.remote() for r in routers], timeout=timeout_s)
+    if settings.kafka_bootstrap:
+        ray.remote(KafkaIngestor).options(
+            **_options(settings, INGESTOR, max_concurrency=100)
+        ).remote(settings)
 
 
 def kill_actors(settings: HeraldSettings) -> None:
     """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
     names = [shard_name(i) for i in range(settings.shards)]
-    names += [sender_name(c) for c in CHANNELS]
-    names += [router_name(i) for i in range(settings.routers)]
+    names += [sender_name(c) for c in channels(settings)]
+    names += [router_name(i) for i in range(settings.routers)] + [INGESTOR]
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)

@@ -28,6 +28,7 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
         apns_url=stack.apns.url,
         fcm_url=stack.fcm.url,
         ca_file=str(stack.settings.apns_ca_file),
+        redis_url=stack.settings.redis_url,
     )
     info.save(stack.data_dir)
     return stack, info
@@ -99,6 +100,51 @@ def demo(
         if stack is not None:
             stack.stop()
     raise typer.Exit(0 if ok else 1)
+
+
+dlq = typer.Typer(help="The dead-letter stream: deliveries and events that gave up.")
+app.add_typer(dlq, name="dlq")
+
+
+def _settings(data_dir: Path):
+    """HERALD_* settings; the local stack's Redis when no HERALD_REDIS_URL is set."""
+    import os
+
+    from cluster.settings import HeraldSettings
+
+    info = StackInfo.load(data_dir)
+    if "HERALD_REDIS_URL" not in os.environ and info is not None:
+        return HeraldSettings(redis_url=info.redis_url)
+    return HeraldSettings()
+
+
+@dlq.command("list")
+def dlq_list(
+    count: Annotated[int, typer.Option(help="Most entries to show.")] = 50,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """Dead letters, oldest first: id, kind, reason, and what it was."""
+    import json
+
+    from cluster.dead_letters import list_dead_letters
+
+    entries = list_dead_letters(_settings(data_dir), count)
+    for entry in entries:
+        typer.echo(f"{entry['id']}  {entry['kind']:<8} {entry['reason']}")
+        typer.echo(f"    {json.dumps(entry['body'])[:200]}")
+    typer.echo(f"{len(entries)} dead letter(s)", err=True)
+
+
+@dlq.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="Entry ids; all when none.")] = None,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """Send dead letters again: deliveries with a fresh attempt budget, events to their lane."""
+    from cluster.dead_letters import replay_dead_letters
+
+    n = replay_dead_letters(_settings(data_dir), ids or None)
+    typer.echo(f"replayed {n} dead letter(s)")
 
 
 def _reachable(url: str) -> bool:

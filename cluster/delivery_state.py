@@ -17,13 +17,15 @@ import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
 
-FINAL = ("delivered", "dead", "failed")
+FINAL = ("delivered", "dead", "failed", "dead_lettered")
 STATUS_OF_OUTCOME = {
     "delivered": "delivered",
     "retry": "retrying",
     "dead_token": "dead",
     "failed": "failed",
 }
+# A delivery's life: queued → delivered | dead (token gone) | failed (cannot succeed) |
+# retrying → … → dead_lettered (out of attempts).
 
 
 class DeliveryState:
@@ -35,7 +37,8 @@ class DeliveryState:
         return self.settings.key("ntf", notification_id)
 
     async def finished(self, deliveries: pl.DataFrame) -> pl.Series:
-        """Boolean per delivery row: already in a final state (so not to be sent again)."""
+        """Boolean per delivery row: final, or owned by the retry schedule — either way not
+        to be sent again from a redelivered log entry."""
         if deliveries.height == 0:
             return pl.Series("finished", [], dtype=pl.Boolean)
         pipe = self.redis.pipeline(transaction=False)
@@ -44,7 +47,7 @@ class DeliveryState:
         values = await pipe.execute()
         statuses = pl.Series("v", values, dtype=pl.Binary).cast(pl.String)
         status = statuses.str.json_path_match("$.status")
-        return status.is_in(FINAL).fill_null(False).alias("finished")
+        return status.is_in([*FINAL, "retrying"]).fill_null(False).alias("finished")
 
     async def record_routed(
         self, deliveries: pl.DataFrame, suppressed: pl.DataFrame, meta: pl.DataFrame
@@ -58,8 +61,9 @@ class DeliveryState:
             key = self.key(row["notification_id"])
             pipe.hset(key, "meta", json.dumps({**row, "routed_at": now}))
             pipe.expire(key, ttl)
-        for nid, reason in suppressed.select("notification_id", "reason").iter_rows():
-            pipe.hset(self.key(nid), "suppressed", reason)
+        if suppressed.height:
+            for nid, reason in suppressed.select("notification_id", "reason").iter_rows():
+                pipe.hset(self.key(nid), "suppressed", reason)
         queued = deliveries.select(
             "notification_id",
             pl.format("d:{}", "device_id").alias("field"),
@@ -76,21 +80,23 @@ class DeliveryState:
             pipe.hset(self.key(nid), field, value)
         await pipe.execute()
 
-    async def record_results(
-        self, deliveries: pl.DataFrame, results: pl.DataFrame, attempt: int = 1
+    def record_results(
+        self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline, status: str | None = None
     ) -> None:
-        """After sending: each delivery's status from its provider outcome."""
+        """After sending: each delivery's status, queued on `pipe`. `rows` carry the
+        delivery (notification_id, device_id, channel), the provider's answer (outcome,
+        error, acked_at) and `attempts` made so far; `status` overrides the outcome's."""
         now = time.time()
-        rows = deliveries.select("delivery_id", "notification_id", "device_id", "channel").join(
-            results, on="delivery_id", how="inner"
+        status_expr = (
+            pl.lit(status) if status else pl.col("outcome").replace_strict(STATUS_OF_OUTCOME)
         )
         encoded = rows.select(
             "notification_id",
             pl.format("d:{}", "device_id").alias("field"),
             pl.struct(
                 channel="channel",
-                status=pl.col("outcome").replace_strict(STATUS_OF_OUTCOME),
-                attempts=pl.lit(attempt),
+                status=status_expr,
+                attempts="attempts",
                 last_error="error",
                 acked_at="acked_at",
                 updated_at=pl.lit(now),
@@ -98,10 +104,8 @@ class DeliveryState:
             .struct.json_encode()
             .alias("value"),
         )
-        pipe = self.redis.pipeline(transaction=False)
         for nid, field, value in encoded.iter_rows():
             pipe.hset(self.key(nid), field, value)
-        await pipe.execute()
 
     async def get(self, notification_id: str) -> dict[str, Any] | None:
         fields = await self.redis.hgetall(self.key(notification_id))

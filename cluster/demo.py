@@ -27,6 +27,7 @@ class StackInfo:
     apns_url: str
     fcm_url: str
     ca_file: str
+    redis_url: str
 
     def save(self, data_dir: Path) -> None:
         (data_dir / STACK_FILE).write_text(json.dumps(self.__dict__, indent=2))

@@ -34,9 +34,7 @@ def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int 
     ]
     devices = devices.append_column("device_id", pa.array(ids, pa.string()))
     devices = devices.append_column("active", pa.array(np.ones(devices.num_rows, dtype=bool)))
-    devices = devices.append_column(
-        "updated_at", pa.array(np.full(devices.num_rows, time.time()))
-    )
+    devices = devices.append_column("updated_at", pa.array(np.full(devices.num_rows, time.time())))
     owners = shard_of(devices["user_id"], settings.shards)
     handles = [
         ray.get_actor(shard_name(i), namespace=settings.namespace) for i in range(settings.shards)
@@ -60,4 +58,3 @@ def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int 
         )
     pipe.execute()
     return written
-

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from emulators.pki import make_test_pki
 from ray import serve
 
 from cluster.embedded_redis import EmbeddedRedis, free_port
 from cluster.settings import HeraldArgs, HeraldSettings
-from emulators.pki import make_test_pki
 
 
 class Emulator:
@@ -95,7 +95,8 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+        # fsync on every write: a 202 means the event is on disk, even if Redis is killed.
+        self.redis = EmbeddedRedis(self.data_dir / "redis", appendfsync="always").start()
         pki = make_test_pki(self.data_dir / "pki")
         self.apns = Emulator("apns", pki.directory)
         self.fcm = Emulator("fcm", pki.directory)

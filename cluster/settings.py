@@ -27,9 +27,6 @@ class HeraldSettings(BaseSettings):
         "herald:",
         description="Prefix of every Redis key and stream; lets tests and tenants share a Redis.",
     )
-    event_log: Literal["redis"] = Field(
-        "redis", description="Backend of the durable event log (Redis Streams)."
-    )
     idempotency_window_s: int = Field(
         7 * 24 * 3600,
         description="How long an event_id is remembered; a replay inside it is a duplicate.",
@@ -38,6 +35,23 @@ class HeraldSettings(BaseSettings):
         14 * 24 * 3600, description="How long delivery status of a notification is kept."
     )
     inbox_max_items: int = Field(200, description="Newest inbox items kept per user.")
+
+    # --- fallback --------------------------------------------------------------------------
+    fallback_webhook_url: str | None = Field(
+        None,
+        description="Webhook (e.g. an email service) for order updates no push could reach.",
+    )
+    fallback_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")
+
+    # --- Kafka ingestion (optional) ---------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; when set, Herald also consumes events there."
+    )
+    kafka_topic: str = Field("herald.events", description="Topic upstream services produce to.")
+    kafka_group: str = Field("herald-ingest", description="Consumer group of Herald's ingestors.")
+    kafka_batch_max: int = Field(
+        1000, ge=1, description="Most Kafka records handed to the event log in one step."
+    )
 
     # --- topology ------------------------------------------------------------------------
     namespace: str = Field("herald", description="Ray namespace of Herald's named actors.")
@@ -58,6 +72,28 @@ class HeraldSettings(BaseSettings):
         description="CPUs reserved per Herald actor; fractional so a 2-core box fits them all.",
     )
 
+    # --- retries and dead letters ------------------------------------------------------
+    retry_max_attempts: int = Field(
+        6, ge=1, le=100, description="Send attempts per delivery before it is dead-lettered."
+    )
+    retry_base_s: float = Field(
+        0.5, gt=0, description="First retry delay; doubles per attempt, with full jitter."
+    )
+    retry_max_s: float = Field(300.0, gt=0, description="Longest delay between two attempts.")
+    retry_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A retry taken by a router that dies becomes due again after this long.",
+    )
+    claim_idle_ms: int = Field(
+        30_000,
+        ge=100,
+        description="Log entries a router read but did not ack for this long are taken over.",
+    )
+    poison_attempts: int = Field(
+        3, ge=1, description="Times an event may fail routing before it is dead-lettered."
+    )
+
     # --- API -----------------------------------------------------------------------------
     api_keys: dict[str, list[Literal["ingest", "admin"]]] = Field(
         default_factory=lambda: {"dev-admin-key": ["ingest", "admin"]},
@@ -66,7 +102,6 @@ class HeraldSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
     http_port: int = Field(8000, description="Port of the Serve HTTP proxy.")
     max_body_bytes: int = Field(1 << 20, description="Largest request body accepted.")
-    max_events_per_request: int = Field(1000, description="Most events in one POST /v1/events.")
 
     # --- APNs ----------------------------------------------------------------------------
     apns_host: str = Field("api.push.apple.com", description="APNs host (an emulator in tests).")

@@ -54,11 +54,15 @@ _CHANNELS = pl.DataFrame(
 _DELIVERY_COLUMNS = [field.name for field in DELIVERIES]
 
 
-def plan(events: pl.DataFrame, audience: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def plan(
+    events: pl.DataFrame, audience: pl.DataFrame, fallback: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Deliveries for a batch of order.updated events.
 
     `events`: notification_id, user_id, order_id, status, lane, accepted_at.
     `audience`: the shards' lookup rows (user × active device, preferences filled).
+    `fallback`: a webhook channel is configured; users no push can reach (no active device,
+    or push turned off) who allow email get a webhook delivery.
     Returns (deliveries in the DELIVERIES layout, suppressed notifications with a reason).
     """
     messages = events.join(_TEMPLATES, on="status", how="left").with_columns(
@@ -77,7 +81,7 @@ def plan(events: pl.DataFrame, audience: pl.DataFrame) -> tuple[pl.DataFrame, pl
         "user_id", "device_id", "platform", "token"
     )
     with_prefs = messages.join(prefs, on="user_id", how="left").with_columns(
-        pl.col("push", "inbox", "cat_order").fill_null(True)
+        pl.col("push", "inbox", "email", "cat_order").fill_null(True)
     )
     wanted = with_prefs.filter(pl.col("cat_order"))
 
@@ -89,12 +93,16 @@ def plan(events: pl.DataFrame, audience: pl.DataFrame) -> tuple[pl.DataFrame, pl
     inbox = wanted.filter(pl.col("inbox")).with_columns(
         device_id=pl.lit("inbox"), channel=pl.lit("inbox"), token=pl.lit("")
     )
+    parts = [pushes, inbox]
+    if fallback:
+        unreachable = wanted.filter(pl.col("email")).join(pushes, on="notification_id", how="anti")
+        parts.append(as_fallback(unreachable))
     deliveries = pl.concat(
         [
             part.with_columns(
                 delivery_id=pl.col("notification_id") + "|" + pl.col("device_id")
             ).select(_DELIVERY_COLUMNS)
-            for part in (pushes, inbox)
+            for part in parts
         ]
     )
     reason = (
@@ -109,3 +117,10 @@ def plan(events: pl.DataFrame, audience: pl.DataFrame) -> tuple[pl.DataFrame, pl
         "notification_id", "user_id", reason.alias("reason")
     )
     return deliveries, suppressed
+
+
+def as_fallback(messages: pl.DataFrame) -> pl.DataFrame:
+    """One webhook delivery per notification in `messages` (any frame with the content)."""
+    return messages.unique(subset="notification_id").with_columns(
+        device_id=pl.lit("webhook"), channel=pl.lit("webhook"), token=pl.lit("")
+    )

@@ -11,10 +11,18 @@ import httpx
 import pytest
 
 from cluster.local import LocalStack
+from tests.netfaults import TansuBroker
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def kafka() -> Iterator[TansuBroker]:
+    broker = TansuBroker()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, kafka: TansuBroker) -> Iterator[LocalStack]:
     with LocalStack(
         data_dir=tmp_path_factory.mktemp("herald"),
         http_port=None,
@@ -22,6 +30,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         shards=2,
         routers=1,
         api_keys={"test-admin": ["ingest", "admin"], "test-ingest": ["ingest"]},
+        kafka_bootstrap=kafka.bootstrap,
     ) as running:
         deadline = time.monotonic() + 60
         while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:

@@ -120,7 +120,7 @@ class EventsAccepted(BaseModel):
 class DeliveryStatus(BaseModel):
     device_id: str
     channel: str
-    status: Literal["queued", "retrying", "delivered", "dead", "failed"]
+    status: Literal["queued", "retrying", "delivered", "dead", "failed", "dead_lettered"]
     attempts: int
     last_error: str | None = None
     acked_at: float | None = None

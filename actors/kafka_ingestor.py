@@ -1,0 +1,118 @@
+"""KafkaIngestor: upstream services may produce events to Kafka instead of calling HTTP.
+
+At-least-once without auto-commit: records are validated with the same pydantic contract as
+`POST /v1/events`, valid events are appended to the durable event log (idempotent by
+event_id, so a record read twice is logged once), invalid ones go to the dead-letter stream
+with the reason, and only then are the offsets (`offset + 1` per partition) committed.
+Reading, handing off and committing happen in one task, one batch at a time, so when a
+rebalance revokes partitions (which aiokafka only does inside getmany/commit) nothing done
+is left uncommitted — there is nothing for a rebalance listener to flush. A commit that
+fails on a rebalance just means the batch is read again by the new owner and logged as
+duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from pydantic import TypeAdapter, ValidationError
+
+from cluster.api.schemas import Event
+from cluster.dead_letters import dead_letter_fields, dlq_key
+from cluster.event_log import LANE_OF_TYPE, RedisEventLog
+from cluster.settings import HeraldSettings
+
+log = logging.getLogger("herald.kafka")
+_EVENT = TypeAdapter(Event)
+_RAW_LIMIT = 64 * 1024
+
+
+def parse_record(value: bytes | None) -> tuple[list[tuple[str, str, dict]], str | None]:
+    """A record holds one event object or {"events": [...]}: its (event_id, lane, event)
+    triples, or a reason why it cannot be processed."""
+    try:
+        body = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError):
+        return [], "not JSON"
+    items = body.get("events") if isinstance(body, dict) and "events" in body else [body]
+    if not isinstance(items, list):
+        return [], "'events' is not a list"
+    triples = []
+    for i, item in enumerate(items):
+        try:
+            event = _EVENT.validate_python(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"] if not str(p).count("."))
+            return [], f"event {i}: {where or 'event'}: {first['msg']}"
+        triples.append((event.event_id, LANE_OF_TYPE[event.type], event.model_dump(mode="json")))
+    return triples, None
+
+
+class KafkaIngestor:
+    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` when Kafka is configured."""
+
+    def __init__(self, settings: HeraldSettings) -> None:
+        self.settings = settings
+        self.log = RedisEventLog(settings)
+        self.counts: Counter[str] = Counter()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def ping(self) -> dict[str, int]:
+        if self._task.done() and self._task.exception():
+            raise self._task.exception()
+        return dict(self.counts)
+
+    async def _run(self) -> None:
+        while True:
+            consumer = AIOKafkaConsumer(
+                self.settings.kafka_topic,
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                group_id=self.settings.kafka_group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            try:
+                await consumer.start()
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError) as exc:
+                self.counts["reconnects"] += 1
+                log.warning("kafka: %s; reconnecting", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await consumer.stop()
+                except Exception:  # noqa: BLE001 - a broken consumer may fail to stop
+                    pass
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(
+                timeout_ms=200, max_records=self.settings.kafka_batch_max
+            )
+            if not batches:
+                continue
+            triples: list[tuple[str, str, dict]] = []
+            pipe = self.log.redis.pipeline(transaction=False)
+            for tp, records in batches.items():
+                for record in records:
+                    parsed, reason = parse_record(record.value)
+                    triples += parsed
+                    if reason is not None:
+                        raw = (record.value or b"")[:_RAW_LIMIT].decode("utf-8", "replace")
+                        where = {"topic": tp.topic, "partition": tp.partition,
+                                 "offset": record.offset, "raw": raw}  # fmt: skip
+                        pipe.xadd(dlq_key(self.settings), dead_letter_fields("kafka", where, reason))
+                        self.counts["dead_lettered"] += 1
+            fresh = await self.log.append(triples)
+            await pipe.execute()
+            self.counts["accepted"] += sum(fresh)
+            self.counts["duplicate"] += len(fresh) - sum(fresh)
+            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})

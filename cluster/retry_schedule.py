@@ -1,0 +1,65 @@
+"""Retries that survive restarts: a Redis sorted set of deliveries keyed by when they are due.
+
+Taking due retries does not remove them: it pushes their due time out by a lease, in one
+Lua call, so a router that dies holding them only delays them — another router takes them
+when the lease runs out. They leave the set only when their next outcome is recorded.
+Delays grow exponentially with full jitter (AWS's "Exponential Backoff and Jitter") and
+never undercut a provider's Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import polars as pl
+import redis.asyncio as aioredis
+
+from cluster.settings import HeraldSettings
+
+_TAKE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[3], member)
+end
+return due
+"""
+
+
+def backoff_s(settings: HeraldSettings, attempt: int, retry_after_s: float | None) -> float:
+    """Delay before attempt `attempt + 1`: full jitter over an exponential ceiling."""
+    ceiling = min(settings.retry_max_s, settings.retry_base_s * 2 ** max(0, attempt - 1))
+    delay = random.uniform(settings.retry_base_s / 2, ceiling)
+    return max(delay, retry_after_s or 0.0)
+
+
+class RetrySchedule:
+    def __init__(self, settings: HeraldSettings, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = client
+        self.key = settings.key("retry")
+        self._take = client.register_script(_TAKE)
+
+    def schedule(self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline) -> None:
+        """Queue DELIVERIES rows (plus `attempt` done so far and `retry_after_s`) on `pipe`."""
+        now = time.time()
+        for row in rows.iter_rows(named=True):
+            due = now + backoff_s(self.settings, row["attempt"], row.pop("retry_after_s", None))
+            pipe.zadd(self.key, {json.dumps(row, sort_keys=True): due})
+
+    async def take_due(self, limit: int = 500) -> tuple[list[bytes], pl.DataFrame]:
+        """Due retries, leased to the caller: (their members, their rows as a frame)."""
+        now = time.time()
+        members = await self._take(
+            keys=[self.key], args=[now, limit, now + self.settings.retry_lease_s]
+        )
+        rows = pl.DataFrame([json.loads(m) for m in members]) if members else pl.DataFrame()
+        return members, rows
+
+    def done(self, members: list[bytes], pipe: aioredis.client.Pipeline) -> None:
+        if members:
+            pipe.zrem(self.key, *members)
+
+    async def size(self) -> int:
+        return int(await self.redis.zcard(self.key))

@@ -1,0 +1,100 @@
+"""What both emulators share: the received log, the fault plan, and the control endpoints
+(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from emulators.h2server import Request, Response
+
+
+class FaultPlan(BaseModel):
+    """How the emulator misbehaves. Setting a plan replaces the previous one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: dict[int, float] = Field(
+        default_factory=dict, description='Share of sends answered with a status, e.g. {"503": 0.2}'
+    )
+    retry_after_s: float | None = Field(None, description="Retry-After sent with 429/503")
+    latency_ms: float = Field(0, ge=0, description="Added before every answer")
+    dead_tokens: list[str] = Field(default_factory=list, description="Tokens that are gone")
+
+
+class EmulatorState:
+    def __init__(self, seed: int | None = None) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.stats: Counter[int] = Counter()
+        self.plan = FaultPlan()
+        self.dead: frozenset[str] = frozenset()
+        self.random = random.Random(seed)
+
+    def record(self, item: dict[str, Any], status: int) -> None:
+        item["status"] = status
+        item["received_at"] = time.time()
+        self.received.append(item)
+        self.stats[status] += 1
+
+    def draw_fault(self) -> int | None:
+        """A status from the plan's error rates, or None for a normal answer."""
+        if not self.plan.error_rate:
+            return None
+        x = self.random.random()
+        for status, rate in sorted(self.plan.error_rate.items()):
+            if x < rate:
+                return status
+            x -= rate
+        return None
+
+    def control(self, request: Request) -> Response | None:
+        """Answer a `/_emulator/*` request, or None when it is not one."""
+        if not request.path.startswith("/_emulator/"):
+            return None
+        what = request.path.removeprefix("/_emulator/")
+        if what == "received" and request.method == "GET":
+            since = int(request.query.get("since", ["0"])[0])
+            items = self.received[since:]
+            return _json(200, {"received": items, "next": since + len(items)})
+        if what == "faults" and request.method == "GET":
+            return _json(200, self.plan.model_dump())
+        if what == "faults" and request.method == "POST":
+            try:
+                self.plan = FaultPlan.model_validate_json(request.body or b"{}")
+            except ValidationError as exc:
+                return _json(422, {"error": json.loads(exc.json())})
+            self.dead = frozenset(self.plan.dead_tokens)
+            return _json(200, self.plan.model_dump())
+        if what == "reset" and request.method == "POST":
+            self.received.clear()
+            self.stats.clear()
+            self.plan = FaultPlan()
+            self.dead = frozenset()
+            return _json(200, {"reset": True})
+        if what == "stats" and request.method == "GET":
+            return _json(200, {"total": len(self.received), "by_status": dict(self.stats)})
+        return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
+
+
+def _json(status: int, body: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(
+        status,
+        json.dumps(body, separators=(",", ":")).encode(),
+        [("content-type", "application/json"), *(headers or [])],
+    )
+
+
+json_response = _json
+
+
+def retry_after_header(state: EmulatorState, status: int) -> list[tuple[str, str]]:
+    """Retry-After (whole seconds, as HTTP wants) on 429/503 when the plan sets one."""
+    if status in (429, 503) and state.plan.retry_after_s is not None:
+        return [("retry-after", str(math.ceil(state.plan.retry_after_s)))]
+    return []

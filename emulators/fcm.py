@@ -1,0 +1,144 @@
+"""FCM emulator: Google's FCM HTTP v1 API and the OAuth2 token endpoint in front of it.
+
+`POST /token` takes the JWT-bearer grant google-auth sends for a service account (signature
+checked against the account this emulator wrote) and issues access tokens;
+`POST /v1/projects/{project}/messages:send` checks the bearer token and answers like
+Google: 200 `{"name": ...}`, or the google.rpc error JSON with an FcmError `errorCode`
+(UNREGISTERED 404, INVALID_ARGUMENT 400, QUOTA_EXCEEDED 429, UNAVAILABLE 503, INTERNAL 500,
+UNAUTHENTICATED 401, SENDER_ID_MISMATCH 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from emulators.common import EmulatorState, json_response, retry_after_header
+from emulators.h2server import Request, Response
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,}:[A-Za-z0-9_\-]{20,4000}$")
+_SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
+MAX_MESSAGE = 4096
+# status → (google.rpc status, FcmError errorCode, message)
+ERRORS = {
+    400: ("INVALID_ARGUMENT", "INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: ("UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR", "Request had invalid credentials."),
+    403: ("PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch"),
+    404: ("NOT_FOUND", "UNREGISTERED", "Requested entity was not found."),
+    429: ("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "Quota exceeded for quota metric."),
+    500: ("INTERNAL", "INTERNAL", "Internal error encountered."),
+    503: ("UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable."),
+}
+
+
+class FcmEmulator:
+    def __init__(self, project_id: str, public_key_pem: bytes, token_uri: str) -> None:
+        self.project_id = project_id
+        self.public_key = public_key_pem
+        self.token_uri = token_uri
+        self.state = EmulatorState()
+        self.access_tokens: set[str] = set()
+
+    async def handle(self, request: Request) -> Response:
+        control = self.state.control(request)
+        if control is not None:
+            return control
+        if self.state.plan.latency_ms:
+            await asyncio.sleep(self.state.plan.latency_ms / 1000)
+        if request.path == "/token" and request.method == "POST":
+            return self._token(request)
+        match = _SEND.match(request.path)
+        if not match or request.method != "POST":
+            return self._error(404, "Not found", code="NOT_FOUND")
+        item: dict = {"project": match.group(1)}
+        status, message = self._judge(request, match.group(1), item)
+        self.state.record(item, status)
+        if status == 200:
+            name = f"projects/{self.project_id}/messages/{uuid.uuid4().int >> 64}"
+            return json_response(200, {"name": name})
+        return self._error(status, message)
+
+    def _judge(self, request: Request, project: str, item: dict) -> tuple[int, str]:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.access_tokens:
+            return 401, ERRORS[401][2]
+        if project != self.project_id:
+            return 403, ERRORS[403][2]
+        try:
+            body = json.loads(request.body)
+            message = body["message"]
+        except (ValueError, KeyError, TypeError):
+            return 400, "Invalid JSON payload received."
+        item["message"] = message
+        token = message.get("token") if isinstance(message, dict) else None
+        item["token"] = token
+        if not token or not _TOKEN.match(token):
+            return 400, "The registration token is not a valid FCM registration token"
+        if len(request.body) > MAX_MESSAGE + 512:  # the 4 KB limit is on the message content
+            return 400, "Message is too big"
+        if token in self.state.dead:
+            return 404, ERRORS[404][2]
+        fault = self.state.draw_fault()
+        if fault is not None:
+            return fault, ERRORS.get(fault, ERRORS[500])[2]
+        return 200, ""
+
+    def _token(self, request: Request) -> Response:
+        form = parse_qs(request.body.decode())
+        assertion = (form.get("assertion") or [""])[0]
+        try:
+            jwt.decode(assertion, self.public_key, algorithms=["RS256"], audience=self.token_uri)
+        except jwt.PyJWTError as exc:
+            return json_response(400, {"error": "invalid_grant", "error_description": str(exc)})
+        token = "ya29.emulator-" + secrets.token_urlsafe(24)
+        self.access_tokens.add(token)
+        return json_response(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+
+    def _error(self, status: int, message: str, code: str | None = None) -> Response:
+        rpc_status, error_code, _ = ERRORS.get(status, ERRORS[500])
+        body = {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": code or rpc_status,
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                        "errorCode": error_code,
+                    }
+                ],
+            }
+        }
+        return json_response(status, body, retry_after_header(self.state, status))
+
+
+def write_service_account(path: Path, project_id: str, token_uri: str) -> bytes:
+    """A fresh service account for this emulator run; returns its public key (PEM)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    account = {
+        "type": "service_account",
+        "project_id": project_id,
+        "private_key_id": secrets.token_hex(20),
+        "private_key": private_pem,
+        "client_email": f"herald@{project_id}.iam.gserviceaccount.com",
+        "client_id": str(secrets.randbits(64)),
+        "token_uri": token_uri,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(account, indent=2))
+    tmp.replace(path)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

