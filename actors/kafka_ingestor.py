@@ -109,7 +109,9 @@ class KafkaIngestor:
                         raw = (record.value or b"")[:_RAW_LIMIT].decode("utf-8", "replace")
                         where = {"topic": tp.topic, "partition": tp.partition,
                                  "offset": record.offset, "raw": raw}  # fmt: skip
-                        pipe.xadd(dlq_key(self.settings), dead_letter_fields("kafka", where, reason))
+                        pipe.xadd(
+                            dlq_key(self.settings), dead_letter_fields("kafka", where, reason)
+                        )
                         self.counts["dead_lettered"] += 1
             fresh = await self.log.append(triples)
             await pipe.execute()

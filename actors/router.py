@@ -248,7 +248,8 @@ class EventRouter:
         records = await pipe.execute()
         hopeless = [
             not any(
-                name.startswith(b"d:") and name not in (b"d:inbox", b"d:webhook")
+                name.startswith(b"d:")
+                and name not in (b"d:inbox", b"d:webhook")
                 and json.loads(value)["status"] in ("queued", "retrying", "delivered")
                 for name, value in fields.items()
             )

@@ -37,7 +37,8 @@ RESULTS = Path(__file__).parent / "results" / "transactional.json"
 
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.machine()} {os.cpu_count()} cores {mem:.0f} GiB, Python {sys.version.split()[0]}"
+    python = sys.version.split()[0]
+    return f"{platform.machine()} {os.cpu_count()} cores {mem:.0f} GiB, Python {python}"
 
 
 async def post_steadily(

@@ -54,9 +54,9 @@ class EmbeddedRedis:
             try:
                 if client.ping():
                     return self
-            except redis.exceptions.RedisError:
+            except redis.exceptions.RedisError as error:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from error
                 time.sleep(0.05)
 
     def kill(self) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from emulators.pki import make_test_pki
 from ray import serve
 
 from cluster.embedded_redis import EmbeddedRedis, free_port
 from cluster.settings import HeraldArgs, HeraldSettings
+from emulators.pki import make_test_pki
 
 
 class Emulator:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +18,7 @@ from emulators.h2server import serve
 from emulators.pki import make_test_pki
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     apns = "apns"
     fcm = "fcm"
 

@@ -53,7 +53,9 @@ class ApnsEmulator:
         self.state.record(item, status)
         if status == 200:
             apns_id = request.headers.get("apns-id") or str(uuid.uuid4()).upper()
-            return Response(200, None, [("apns-id", apns_id), ("apns-unique-id", str(uuid.uuid4()))])
+            return Response(
+                200, None, [("apns-id", apns_id), ("apns-unique-id", str(uuid.uuid4()))]
+            )
         return self._error(status, reason, extra)
 
     def _judge(self, request: Request, token: str, item: dict) -> tuple[int, str, dict]:
@@ -105,5 +107,3 @@ class ApnsEmulator:
         if time.time() - iat > 3600:
             return "ExpiredProviderToken"
         return None
-
-

@@ -40,6 +40,9 @@ ERRORS = {
 }
 
 
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+
+
 class FcmEmulator:
     def __init__(self, project_id: str, public_key_pem: bytes, token_uri: str) -> None:
         self.project_id = project_id
@@ -96,12 +99,16 @@ class FcmEmulator:
         form = parse_qs(request.body.decode())
         assertion = (form.get("assertion") or [""])[0]
         try:
-            jwt.decode(assertion, self.public_key, algorithms=["RS256"], audience=self.token_uri)
+            # google-auth signs for Google's endpoint whatever token_uri says; accept both.
+            audience = [self.token_uri, GOOGLE_TOKEN_URI]
+            jwt.decode(assertion, self.public_key, algorithms=["RS256"], audience=audience)
         except jwt.PyJWTError as exc:
             return json_response(400, {"error": "invalid_grant", "error_description": str(exc)})
         token = "ya29.emulator-" + secrets.token_urlsafe(24)
         self.access_tokens.add(token)
-        return json_response(200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+        return json_response(
+            200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+        )
 
     def _error(self, status: int, message: str, code: str | None = None) -> Response:
         rpc_status, error_code, _ = ERRORS.get(status, ERRORS[500])

@@ -57,6 +57,12 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            # google-auth fetches OAuth tokens with `requests`, which speaks HTTP/1.1 only.
+            self.data_received = self._http1_received  # type: ignore[method-assign]
+            self.http1_buffer = b""
+            return
         self.conn.initiate_connection()
         self.conn.update_settings(
             {SettingCodes.MAX_CONCURRENT_STREAMS: 1000, SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
@@ -97,6 +103,31 @@ class _Connection(asyncio.Protocol):
             elif isinstance(event, ConnectionTerminated):
                 self.transport.close()
         self._flush()
+
+    def _http1_received(self, data: bytes) -> None:
+        """One request per connection, answered with `Connection: close`: enough for tokens."""
+        self.http1_buffer += data
+        head, sep, body = self.http1_buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
+        }
+        if len(body) < int(headers.get("content-length", "0")):
+            return
+        url = urlsplit(target)
+        request = Request(method, url.path, parse_qs(url.query), headers, body)
+        asyncio.ensure_future(self._respond_http1(request))
+
+    async def _respond_http1(self, request: Request) -> None:
+        response = await self.handler(request)
+        body = response.body or b""
+        head = [f"HTTP/1.1 {response.status} X", f"content-length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in response.headers] + ["connection: close", "", ""]
+        self.transport.write("\r\n".join(head).encode("latin-1") + body)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.window_open.set()
@@ -143,7 +174,7 @@ class _Connection(asyncio.Protocol):
 def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert_file), str(key_file))
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
 

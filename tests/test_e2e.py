@@ -134,7 +134,9 @@ def test_reregistering_a_token_updates_instead_of_duplicating(api, emulators, ui
 
 def test_killed_shard_comes_back_with_every_device(stack, api, uid):
     users = [f"r-{uid}-{i}" for i in range(40)]
-    shard0 = [u for u, s in zip(users, shard_of(users, stack.settings.shards)) if s == 0]
+    shard0 = [
+        u for u, s in zip(users, shard_of(users, stack.settings.shards), strict=True) if s == 0
+    ]
     tokens = {u: apns_token() for u in shard0}
     for user, token in tokens.items():
         register(api, user, "ios", token)

@@ -164,7 +164,9 @@ class Scenario:
             pipe.zrange(self.stack.settings.key("inbox", user), 0, -1)
         for user, members in zip(self.users, pipe.execute(), strict=True):
             inbox_dups += len(members) - len(set(members))
-            inbox_missing += UPDATES_PER_USER - len({m for m in members if m.startswith(user.encode())})
+            inbox_missing += UPDATES_PER_USER - len(
+                {m for m in members if m.startswith(user.encode())}
+            )
         statuses = Counter(d["status"] for r in records.values() for d in r.values())
         attempts = Counter(d["attempts"] for r in records.values() for d in r.values())
         dead_lettered = self.redis.xlen(dlq_key(self.stack.settings))

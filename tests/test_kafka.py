@@ -44,7 +44,9 @@ def test_kafka_events_are_delivered_and_garbage_dead_lettered(stack, api, kafka,
     deadline = time.monotonic() + 30
     while True:
         dead = [d for d in list_dead_letters(stack.settings, 10_000) if d["kind"] == "kafka"]
-        reasons = {d["reason"] for d in dead if uid in d["body"]["raw"] or "event_id" in d["reason"]}
+        reasons = {
+            d["reason"] for d in dead if uid in d["body"]["raw"] or "event_id" in d["reason"]
+        }
         if "not JSON" in reasons or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -17,11 +17,11 @@ import uuid
 
 import polars as pl
 import pyarrow as pa
-from aiolimiter import AsyncLimiter
 from aioapns import APNs, NotificationRequest, PushType
 from aioapns.connection import APNsProductionClientProtocol
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from aioapns.exceptions import MaxAttemptsExceeded
+from aiolimiter import AsyncLimiter
 
 from cluster.settings import HeraldSettings
 from cluster.tables.deliveries import RESULTS
@@ -128,7 +128,7 @@ class ApnsClient:
         async with self.in_flight, self.limiter:
             try:
                 result = await self.client.send_notification(request)
-            except (ApnsConnectionError, MaxAttemptsExceeded, OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, ApnsConnectionError, MaxAttemptsExceeded, OSError) as e:
                 return "retry", type(e).__name__, time.time()
         outcome = outcome_of(str(result.status), result.description)
         return outcome, None if outcome == "delivered" else result.description, time.time()

@@ -94,7 +94,9 @@ class FcmClient:
             credential, options={"projectId": s.fcm_project_id}, name=f"herald-{uuid.uuid4()}"
         )
         service = messaging._get_messaging_service(self.app)
-        service._fcm_url = f"{s.fcm_endpoint.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
+        service._fcm_url = (
+            f"{s.fcm_endpoint.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
+        )
         if s.fcm_ca_file is not None:
             self._trust(service, s.fcm_ca_file)
         self.limiter = AsyncLimiter(s.fcm_rate_per_s, 1)
@@ -164,8 +166,13 @@ class FcmClient:
         return out
 
     async def close(self) -> None:
+        """firebase-admin closes its async client with `asyncio.run`, which cannot run inside
+        our loop: close it here, then let `delete_app` do the rest from a thread."""
         if self.app is not None:
-            firebase_admin.delete_app(self.app)
+            service = messaging._get_messaging_service(self.app)
+            await service._async_client.aclose()
+            await asyncio.to_thread(firebase_admin.delete_app, self.app)
+            self.app = None
 
 
 def _reason(error: Exception) -> str:
