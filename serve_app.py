@@ -8,8 +8,6 @@ and talks to the shards for device and user writes. Everything after the log (ro
 sending, status) happens in Herald's actors.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import time
