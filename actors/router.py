@@ -144,6 +144,9 @@ class EventRouter:
             )
             events = events.filter(known)
         orders = events.filter(pl.col("type") == "order.updated")
+        if orders.height == 0:
+            await self.log.ack(lane, events["entry_id"].to_list())
+            return
         audience = await self._audience(orders["user_id"].unique().to_list())
         deliveries, suppressed = order_updates.plan(
             orders, audience, fallback=self.settings.fallback_webhook_url is not None

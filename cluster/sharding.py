@@ -21,21 +21,29 @@ _JUMP_MULT = np.uint64(2862933555777941757)
 
 
 def hash64(ids: Sequence[str] | pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
-    """FNV-1a 64 of each UTF-8 string, one numpy pass per byte position."""
-    if isinstance(ids, pa.ChunkedArray | pa.Array):
-        ids = ids.to_numpy(zero_copy_only=False)
-    encoded = np.char.encode(np.asarray(ids, dtype=np.str_), "utf-8")
-    n = encoded.shape[0]
+    """FNV-1a 64 of each UTF-8 string, one numpy pass per byte position.
+
+    Reads the bytes straight from an Arrow string buffer (numpy's fixed-width strings would
+    drop trailing NUL characters and change the hash)."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    array = ids if isinstance(ids, pa.Array) else pa.array(list(ids), type=pa.large_string())
+    array = array.cast(pa.large_string())
+    n = len(array)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
-    width = encoded.dtype.itemsize
-    raw = np.frombuffer(encoded.tobytes(), dtype=np.uint8).reshape(n, width).astype(np.uint64)
-    lengths = np.char.str_len(encoded)
+    _, offsets_buf, data_buf = array.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[array.offset : array.offset + n + 1]
+    data = (
+        np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    )
+    starts, lengths = offsets[:-1], np.diff(offsets)
     h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for i in range(width):
+        for i in range(int(lengths.max(initial=0))):
             live = lengths > i
-            h = np.where(live, (h ^ raw[:, i]) * _FNV_PRIME, h)
+            byte = data[np.where(live, starts + i, 0)].astype(np.uint64) if data.size else 0
+            h = np.where(live, (h ^ byte) * _FNV_PRIME, h)
     return h
 
 

@@ -21,6 +21,7 @@ AUDIENCE = pl.DataFrame(
         "user_id": ["both", "both", "nodevice", "nopush", "optout", "pushonly"],
         "push": [True, True, True, False, True, True],
         "inbox": [True, True, True, True, True, False],
+        "email": [True, True, True, False, True, True],
         "cat_order": [True, True, True, True, False, True],
         "device_id": ["d-ios", "d-and", None, "d-web", "d-x", "d-web2"],
         "platform": ["ios", "android", None, "web", "ios", "web"],
@@ -70,3 +71,12 @@ def test_unknown_user_gets_inbox_with_default_preferences():
     deliveries, suppressed = plan(events, AUDIENCE.head(0))
     assert by_notification(deliveries) == {"n1": {("inbox", "inbox")}}
     assert suppressed.height == 0
+
+
+def test_fallback_reaches_users_no_push_can_reach_who_allow_email():
+    deliveries, _ = plan(EVENTS, AUDIENCE, fallback=True)
+    webhooks = {
+        nid for nid, got in by_notification(deliveries).items() if ("webhook", "webhook") in got
+    }
+    # n2 has no device; n3 turned push off but also email; n4 opted out of orders.
+    assert webhooks == {"n2"}
