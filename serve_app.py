@@ -66,6 +66,26 @@ body_limit = BodySizeLimit.Limit(max_bytes=HeraldSettings.model_fields["max_body
 api.add_middleware(BodySizeLimit, limit=body_limit)
 
 
+# Helpers live above the class: `serve.ingress` pickles the FastAPI app when the class is
+# defined, so names the routes use must exist by then.
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _overall_state(record: dict) -> str:
+    statuses = [d["status"] for d in record["deliveries"]]
+    if not statuses:
+        return "suppressed" if record["suppressed"] else "in_progress"
+    if any(s in ("queued", "retrying") for s in statuses):
+        return "in_progress"
+    if all(s == "delivered" for s in statuses):
+        return "delivered"
+    if any(s == "delivered" for s in statuses):
+        return "partially_delivered"
+    return "failed"
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.2},
     max_ongoing_requests=200,
@@ -301,24 +321,6 @@ class HeraldIngress:
         finally:
             await pubsub.unsubscribe(channel)
             await pubsub.aclose()
-
-
-def _minutes(hhmm: str) -> int:
-    hours, minutes = hhmm.split(":")
-    return int(hours) * 60 + int(minutes)
-
-
-def _overall_state(record: dict) -> str:
-    statuses = [d["status"] for d in record["deliveries"]]
-    if not statuses:
-        return "suppressed" if record["suppressed"] else "in_progress"
-    if any(s in ("queued", "retrying") for s in statuses):
-        return "in_progress"
-    if all(s == "delivered" for s in statuses):
-        return "delivered"
-    if any(s == "delivered" for s in statuses):
-        return "partially_delivered"
-    return "failed"
 
 
 def app_builder(args: HeraldArgs) -> Application:

@@ -116,6 +116,9 @@ class HeraldSettings(BaseSettings):
     apns_connections: int = Field(4, ge=1, description="HTTP/2 connections to APNs.")
     apns_concurrency: int = Field(200, ge=1, description="Most APNs requests in flight.")
     apns_rate_per_s: float = Field(20_000, gt=0, description="APNs send rate ceiling.")
+    apns_timeout_s: float = Field(
+        10.0, gt=0, description="An APNs answer not back by then is retried later."
+    )
 
     # --- FCM -----------------------------------------------------------------------------
     fcm_project_id: str = Field("herald-demo", description="Firebase project id.")

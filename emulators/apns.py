@@ -51,12 +51,14 @@ class ApnsEmulator:
         }
         status, reason, extra = self._judge(request, token, item)
         self.state.record(item, status)
+        # Apple answers every request with its apns-id, errors included (aioapns matches
+        # error bodies to requests by it).
+        apns_id = request.headers.get("apns-id") or str(uuid.uuid4()).upper()
         if status == 200:
-            apns_id = request.headers.get("apns-id") or str(uuid.uuid4()).upper()
             return Response(
                 200, None, [("apns-id", apns_id), ("apns-unique-id", str(uuid.uuid4()))]
             )
-        return self._error(status, reason, extra)
+        return self._error(status, reason, extra, [("apns-id", apns_id)])
 
     def _judge(self, request: Request, token: str, item: dict) -> tuple[int, str, dict]:
         auth = self._check_auth(request.headers.get("authorization"))
@@ -84,8 +86,14 @@ class ApnsEmulator:
             return fault, REASONS.get(fault, "InternalServerError"), {}
         return 200, "", {}
 
-    def _error(self, status: int, reason: str, extra: dict | None = None) -> Response:
-        headers = retry_after_header(self.state, status)
+    def _error(
+        self,
+        status: int,
+        reason: str,
+        extra: dict | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Response:
+        headers = [*(headers or []), *retry_after_header(self.state, status)]
         return json_response(status, {"reason": reason, **(extra or {})}, headers)
 
     def _check_auth(self, header: str | None) -> str | None:

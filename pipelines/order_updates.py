@@ -76,7 +76,9 @@ def plan(
             status=pl.col("status"),
         ).struct.json_encode(),
     )
-    prefs = audience.select("user_id", "push", "inbox", "email", "cat_order").unique(subset="user_id")
+    prefs = audience.select("user_id", "push", "inbox", "email", "cat_order").unique(
+        subset="user_id"
+    )
     devices = audience.filter(pl.col("device_id").is_not_null()).select(
         "user_id", "device_id", "platform", "token"
     )

@@ -127,7 +127,10 @@ class ApnsClient:
         )
         async with self.in_flight, self.limiter:
             try:
-                result = await self.client.send_notification(request)
+                # aioapns waits forever for an answer that never comes (a dropped stream):
+                # bound it, and a resend carries the same apns-id.
+                async with asyncio.timeout(self.settings.apns_timeout_s):
+                    result = await self.client.send_notification(request)
             except (TimeoutError, ApnsConnectionError, MaxAttemptsExceeded, OSError) as e:
                 return "retry", type(e).__name__, time.time()
         outcome = outcome_of(str(result.status), result.description)
