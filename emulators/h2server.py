@@ -159,11 +159,14 @@ class _Connection(asyncio.Protocol):
                 await self.window_open.wait()
                 continue
             size = min(window, self.conn.max_outbound_frame_size, len(view))
-            self.conn.send_data(stream_id, bytes(view[:size]))
+            # END_STREAM rides on the last DATA frame, as Apple's servers do: aioapns parses
+            # every DATA frame as JSON and breaks the connection on an empty one.
+            self.conn.send_data(stream_id, bytes(view[:size]), end_stream=size == len(view))
             view = view[size:]
             self._flush()
-        self.conn.end_stream(stream_id)
-        self._flush()
+        if not body:
+            self.conn.end_stream(stream_id)
+            self._flush()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()

@@ -6,8 +6,12 @@ this one — points it elsewhere (the emulator in tests). When an extra CA is co
 is trusted by both HTTP clients firebase-admin uses: the httpx client that sends (given a
 verifying SSL context here) and google-auth's `requests` session that fetches OAuth
 tokens (through `REQUESTS_CA_BUNDLE`, set for this sender process to certifi's bundle
-plus the extra CA). firebase-admin already retries 500/503 itself and not 429: no second
-retry loop here; what still fails comes back as `retry` for the pipeline's schedule.
+plus the extra CA).
+
+firebase-admin's own retry transport is switched off (`max_retries=0`): it never closes the
+503/429 responses it retries, so each leaks an HTTP/2 stream until the connection stalls
+(firebase-admin 7.x), and Herald's retry schedule — persistent, honouring Retry-After — is
+the one retry loop anyway. Every retryable answer comes back as `retry`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import pyarrow as pa
 from aiolimiter import AsyncLimiter
 from firebase_admin import credentials, exceptions, messaging
 from firebase_admin._http_client import GoogleAuthCredentialFlow
-from firebase_admin._retry import HttpxRetryTransport
+from firebase_admin._retry import HttpxRetry, HttpxRetryTransport
 from firebase_admin.messaging import (
     QuotaExceededError,
     SenderIdMismatchError,
@@ -97,25 +101,30 @@ class FcmClient:
         service._fcm_url = (
             f"{s.fcm_endpoint.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
         )
-        if s.fcm_ca_file is not None:
-            self._trust(service, s.fcm_ca_file)
+        self._own_http_client(service, s.fcm_ca_file)
         self.limiter = AsyncLimiter(s.fcm_rate_per_s, 1)
         # send_each_async puts a whole chunk in flight: chunk size is the concurrency bound.
         self.chunk = min(BATCH, s.fcm_concurrency)
         self.in_flight = asyncio.Semaphore(max(1, s.fcm_concurrency // self.chunk))
 
-    def _trust(self, service: messaging._MessagingService, ca_file: Path) -> None:
-        bundle = Path(tempfile.gettempdir()) / f"herald-fcm-ca-{os.getpid()}.pem"
-        bundle.write_text(Path(certifi.where()).read_text() + "\n" + ca_file.read_text())
-        os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
-        context = ssl.create_default_context(cafile=str(bundle))
+    def _own_http_client(self, service: messaging._MessagingService, ca_file: Path | None) -> None:
+        """Replace firebase-admin's httpx client: no inner retries, and the extra CA trusted
+        when one is configured."""
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            bundle = Path(tempfile.gettempdir()) / f"herald-fcm-ca-{os.getpid()}.pem"
+            bundle.write_text(Path(certifi.where()).read_text() + "\n" + ca_file.read_text())
+            os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+            verify = ssl.create_default_context(cafile=str(bundle))
         wrapper = service._async_client
         wrapper._async_client = httpx.AsyncClient(
             http2=True,
             timeout=wrapper._timeout,
             headers=wrapper._headers,
             auth=GoogleAuthCredentialFlow(service._credential),
-            mounts={"https://": HttpxRetryTransport(retry=wrapper._retry_config, verify=context)},
+            mounts={
+                "https://": HttpxRetryTransport(retry=HttpxRetry(max_retries=0), verify=verify)
+            },
         )
 
     def _message(self, token: str, nid: str, title: str, body: str, data: str, lane: str):
