@@ -74,12 +74,12 @@ class HeraldSettings(BaseSettings):
 
     # --- retries and dead letters ------------------------------------------------------
     retry_max_attempts: int = Field(
-        6, ge=1, le=100, description="Send attempts per delivery before it is dead-lettered."
+        10, ge=1, le=100, description="Send attempts per delivery before it is dead-lettered."
     )
     retry_base_s: float = Field(
         0.5, gt=0, description="First retry delay; doubles per attempt, with full jitter."
     )
-    retry_max_s: float = Field(300.0, gt=0, description="Longest delay between two attempts.")
+    retry_max_s: float = Field(60.0, gt=0, description="Longest delay between two attempts.")
     retry_lease_s: float = Field(
         60.0,
         gt=0,

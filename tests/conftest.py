@@ -31,6 +31,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, kafka: TansuBroker) -> Itera
         routers=1,
         api_keys={"test-admin": ["ingest", "admin"], "test-ingest": ["ingest"]},
         kafka_bootstrap=kafka.bootstrap,
+        # Short backoff so a delivery that exhausts its attempts does so within a test.
+        retry_base_s=0.2,
+        retry_max_s=3.0,
     ) as running:
         deadline = time.monotonic() + 60
         while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:
