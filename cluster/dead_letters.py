@@ -60,6 +60,7 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
             body.pop("attempts", None)
             body["attempt"] = 0
             pipe.zadd(settings.key("retry"), {json.dumps(body, sort_keys=True): time.time()})
+            _mark_retrying(client, pipe, settings.key("ntf", body["notification_id"]), body)
         else:
             lane = body.pop("_lane", "transactional")
             accepted_at = body.pop("_accepted_at", time.time())
@@ -70,3 +71,14 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
         replayed += 1
     pipe.execute()
     return replayed
+
+
+def _mark_retrying(client: redis.Redis, pipe, state_key: str, delivery: dict[str, Any]) -> None:
+    """The status says the replayed delivery is moving again, so pollers wait for it."""
+    field = f"d:{delivery['device_id']}"
+    current = client.hget(state_key, field)
+    if current is None:
+        return
+    record = json.loads(current)
+    record.update(status="retrying", updated_at=time.time())
+    pipe.hset(state_key, field, json.dumps(record))
