@@ -72,13 +72,18 @@ def seed(api: httpx.Client) -> dict[str, list[dict]]:
 
 
 def wait_final(api: httpx.Client, ids: list[str], timeout_s: float = 30.0) -> dict[str, dict]:
-    """Poll GET /v1/notifications/{id} until none is still moving (or the time is up)."""
+    """Poll GET /v1/notifications/{id} until none is still moving (or the time is up).
+    An id not known yet (404: still on its way from Kafka) counts as moving."""
     deadline = time.monotonic() + timeout_s
     statuses: dict[str, dict] = {}
     while True:
         for nid in ids:
             statuses[nid] = api.get(f"/v1/notifications/{nid}").json()
-        moving = [s for s in statuses.values() if s["state"] in ("accepted", "in_progress")]
+        moving = [
+            s
+            for s in statuses.values()
+            if s.get("state", "accepted") in ("accepted", "in_progress")
+        ]
         if not moving or time.monotonic() > deadline:
             return statuses
         time.sleep(0.2)
