@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from cluster.local import LocalStack
-from tests.netfaults import TansuBroker
+from tests.netfaults import TansuBroker, WebhookSink
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,16 @@ def kafka() -> Iterator[TansuBroker]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, kafka: TansuBroker) -> Iterator[LocalStack]:
+def webhook() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, kafka: TansuBroker, webhook: WebhookSink
+) -> Iterator[LocalStack]:
     with LocalStack(
         data_dir=tmp_path_factory.mktemp("herald"),
         http_port=None,
@@ -31,6 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, kafka: TansuBroker) -> Itera
         routers=1,
         api_keys={"test-admin": ["ingest", "admin"], "test-ingest": ["ingest"]},
         kafka_bootstrap=kafka.bootstrap,
+        fallback_webhook_url=webhook.url,
         # Short backoff so a delivery that exhausts its attempts does so within a test.
         retry_base_s=0.2,
         retry_max_s=3.0,

@@ -112,3 +112,41 @@ class TansuBroker:
         self.proxy.close()
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+class WebhookSink:
+    """The far end of the fallback webhook (an email service, in production): records every
+    JSON body posted to it. A fake only because it stands for a third party."""
+
+    def __init__(self) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("content-length", "0"))
+                received.append(
+                    {"idempotency_key": self.headers.get("idempotency-key"),
+                     **json.loads(self.rfile.read(length))}
+                )  # fmt: skip
+                self.send_response(202)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/notify"
+
+    def for_user(self, user_id: str) -> list[dict]:
+        return [r for r in list(self.received) if r["user_id"] == user_id]
+
+    def stop(self) -> None:
+        self.server.shutdown()

@@ -104,7 +104,8 @@ def test_user_without_devices_gets_inbox_and_optout_is_respected(api, uid):
     assert statuses[f"{quiet}-e"]["state"] == "suppressed"
     assert statuses[f"{quiet}-e"]["suppressed_reason"] == "category_opt_out"
     assert statuses[f"{loud}-e"]["state"] == "delivered"
-    assert [d["channel"] for d in statuses[f"{loud}-e"]["deliveries"]] == ["inbox"]
+    # no device: the inbox, and the fallback channel (webhook) since no push can reach him
+    assert [d["channel"] for d in statuses[f"{loud}-e"]["deliveries"]] == ["inbox", "webhook"]
 
 
 def test_reregistering_a_token_updates_instead_of_duplicating(api, emulators, uid):
@@ -123,13 +124,13 @@ def test_reregistering_a_token_updates_instead_of_duplicating(api, emulators, ui
     ]  # fmt: skip
     api.post("/v1/events", json={"events": events})
     statuses = wait_final(api, [f"a-{uid}", f"b-{uid}"])
-    assert [d["channel"] for d in statuses[f"a-{uid}"]["deliveries"]] == ["inbox"]
+    assert [d["channel"] for d in statuses[f"a-{uid}"]["deliveries"]] == ["inbox", "webhook"]
     assert {d["channel"] for d in statuses[f"b-{uid}"]["deliveries"]} == {"apns", "inbox"}
     # Unregistering stops pushes too.
     assert api.delete(f"/v1/devices/{first.json()['device_id']}").status_code == 204
     api.post("/v1/events", json={"events": [{**events[1], "event_id": f"b2-{uid}"}]})
     status = wait_final(api, [f"b2-{uid}"])[f"b2-{uid}"]
-    assert [d["channel"] for d in status["deliveries"]] == ["inbox"]
+    assert [d["channel"] for d in status["deliveries"]] == ["inbox", "webhook"]
 
 
 def test_killed_shard_comes_back_with_every_device(stack, api, uid):
