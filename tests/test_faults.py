@@ -182,7 +182,13 @@ class Scenario:
             )
         statuses = Counter(d["status"] for r in records.values() for d in r.values())
         attempts = Counter(d["attempts"] for r in records.values() for d in r.values())
-        dead_lettered = self.redis.xlen(dlq_key(self.stack.settings))
+        mine = [
+            fields
+            for _, fields in self.redis.xrange(dlq_key(self.stack.settings))
+            if f"f{self.uid}-".encode() in fields[b"body"]
+        ]
+        dead_lettered = len(mine)
+        dead_reasons = Counter(f[b"reason"].decode() for f in mine)
         result = {
             "notifications": len(ids),
             "lost": len(lost) + inbox_missing,
@@ -192,6 +198,7 @@ class Scenario:
             "dead_lettered": int(dead_lettered),
             "dead_tokens": len(self.dead),
             "statuses": dict(statuses),
+            "dead_letter_reasons": dict(dead_reasons),
         }
         print(f"\n{name}: {json.dumps(result)}")
         _save(name, result)
