@@ -20,8 +20,9 @@ run: install  ## local cluster: Redis, emulators, Ray, Serve on :8000, demo user
 demo: install  ## scripted scenario against the running stack (or one it starts)
 	$(BIN)/herald demo
 
-test: install  ## the whole suite, fault tests included
+test: install  ## the whole suite, fault tests included; then the log-sensitive tests on Kafka
 	$(BIN)/python -m pytest -q -rs
+	HERALD_TEST_EVENT_LOG=kafka $(BIN)/python -m pytest -q -rs -m eventlog
 
 test-fast: install  ## everything but fault and slow tests
 	$(BIN)/python -m pytest -q -m "not fault and not slow"

@@ -25,6 +25,7 @@ from cluster.api.auth import Scope, check_key
 from cluster.api.errors import ApiError, BodySizeLimit, install_error_handlers
 from cluster.api.schemas import (
     ID_PATTERN,
+    NOTIFICATION_ID_PATTERN,
     DeviceIn,
     DeviceOut,
     ErrorResponse,
@@ -34,11 +35,13 @@ from cluster.api.schemas import (
     NotificationStatus,
     PreferencesIn,
     ProfileIn,
+    WishlistIn,
+    WishlistOut,
 )
 from cluster.bootstrap import ensure_actors
 from cluster.delivery_state import DeliveryState
-from cluster.event_log import LANE_OF_TYPE, LANES, RedisEventLog
-from cluster.names import channels, router_name, sender_name, shard_name
+from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
+from cluster.names import router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
@@ -97,7 +100,7 @@ class HeraldIngress:
         self.settings = settings
         body_limit.max_bytes = settings.max_body_bytes
         self.redis = aioredis.Redis.from_url(settings.redis_url)
-        self.events = RedisEventLog(settings, self.redis)
+        self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)
         ensure_actors(settings)
         self.shards = [
@@ -121,7 +124,7 @@ class HeraldIngress:
         """Ready when Redis answers and every shard, router and sender answers within 2 s."""
         names = [shard_name(i) for i in range(self.settings.shards)]
         names += [router_name(i) for i in range(self.settings.routers)]
-        names += [sender_name(c) for c in channels(self.settings)]
+        names += [sender_name(c, lane) for c, lane in senders(self.settings)]
 
         async def up(name: str) -> bool:
             try:
@@ -150,11 +153,11 @@ class HeraldIngress:
         routers = await asyncio.gather(
             *[self._actor(router_name(i)).ping.remote() for i in range(self.settings.routers)]
         )
-        senders = await asyncio.gather(
-            *[self._actor(sender_name(c)).ping.remote() for c in channels(self.settings)]
+        pings = await asyncio.gather(
+            *[self._actor(sender_name(c, lane)).ping.remote() for c, lane in senders(self.settings)]
         )
         backlog = {lane: await self.events.lag(lane) for lane in LANES}
-        return {"shards": shards, "routers": routers, "senders": senders, "log_backlog": backlog}
+        return {"shards": shards, "routers": routers, "senders": pings, "log_backlog": backlog}
 
     def _actor(self, name: str) -> ray.actor.ActorHandle:
         return ray.get_actor(name, namespace=self.settings.namespace)
@@ -234,6 +237,20 @@ class HeraldIngress:
         await self._shard(user_id).upsert_preferences.remote(pa.Table.from_pylist([row]))
         return prefs
 
+    @api.put("/v1/users/{user_id}/wishlist", tags=["users"])
+    async def put_wishlist(
+        self, user_id: UserId, wishlist: WishlistIn, authorization: Auth = None
+    ) -> WishlistOut:
+        """Replace the user's wishlist; price drops of these products reach the user."""
+        self._auth(authorization, "ingest")
+        product_ids = list(dict.fromkeys(wishlist.product_ids))
+        rows = pa.table(
+            {"user_id": pa.array([user_id] * len(product_ids), pa.string()),
+             "product_id": pa.array(product_ids, pa.string())}
+        )  # fmt: skip
+        await self._shard(user_id).replace_wishlists.remote(rows, [user_id])
+        return WishlistOut(user_id=user_id, product_ids=product_ids)
+
     # --- events and status ---------------------------------------------------------------
     @api.post("/v1/events", status_code=202, tags=["events"])
     async def post_events(self, body: EventsIn, authorization: Auth = None) -> EventsAccepted:
@@ -251,8 +268,12 @@ class HeraldIngress:
 
     @api.get("/v1/notifications/{notification_id}", tags=["events"])
     async def get_notification(
-        self, notification_id: Annotated[str, Path(pattern=ID_PATTERN)], authorization: Auth = None
+        self,
+        notification_id: Annotated[str, Path(pattern=NOTIFICATION_ID_PATTERN)],
+        authorization: Auth = None,
     ) -> NotificationStatus:
+        """Status per device and channel. A price drop is one notification per user:
+        `<event_id>:<user_id>`."""
         self._auth(authorization, "ingest")
         record = await self.state.get(notification_id)
         if record is None:

@@ -74,3 +74,83 @@ class KeyedTable:
 
     def _latest(self, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.unique(subset=[self.key], keep="last", maintain_order=True)
+
+
+class GroupedTable:
+    """Rows grouped by a key (e.g. a user's wishlist: (user_id, product_id) rows); writing a
+    key replaces its whole group, and a key written with no rows has none.
+
+    Like `KeyedTable`: one compacted frame plus a short list of recent replacements, each
+    with the keys it replaced, so a write does not rewrite the frame and a lookup does not
+    wait for a compaction. The two are merged once the recent part grows past
+    `compact_rows` rows or `compact_parts` writes."""
+
+    def __init__(
+        self, schema: pa.Schema, key: str, compact_rows: int = 20_000, compact_parts: int = 256
+    ) -> None:
+        self.schema = schema
+        self.key = key
+        self.compact_rows = compact_rows
+        self.compact_parts = compact_parts
+        self._polars_schema = pl.from_arrow(schema.empty_table()).schema
+        self._frame = pl.DataFrame(schema=self._polars_schema)
+        self._recent: list[tuple[pl.Series, pl.DataFrame]] = []
+        self._recent_rows = 0
+
+    def conform(self, rows: pl.DataFrame | pa.Table) -> pl.DataFrame:
+        frame = rows if isinstance(rows, pl.DataFrame) else pl.from_arrow(rows)
+        return frame.select(
+            [pl.col(name).cast(dtype) for name, dtype in self._polars_schema.items()]
+        )
+
+    def replace(self, rows: pl.DataFrame | pa.Table, keys: Sequence[str] | None = None) -> None:
+        """Replace the groups of `keys` (default: the keys in `rows`) with `rows`."""
+        frame = self.conform(rows)
+        keys = pl.Series(
+            self.key, frame[self.key].unique() if keys is None else keys, dtype=pl.String
+        )
+        if keys.len() == 0:
+            return
+        self._recent.append((keys, frame))
+        self._recent_rows += frame.height + keys.len()
+        if self._recent_rows >= self.compact_rows or len(self._recent) >= self.compact_parts:
+            self.compact()
+
+    def replace_all(self, rows: pl.DataFrame | pa.Table) -> None:
+        """Load a whole table at once (rebuild from Redis, bulk import)."""
+        self._frame = self.conform(rows)
+        self._recent, self._recent_rows = [], 0
+
+    def compact(self) -> None:
+        if not self._recent:
+            return
+        frame = self._frame
+        for keys, rows in self._recent:
+            frame = pl.concat([frame.filter(~pl.col(self.key).is_in(keys)), rows])
+        self._frame = frame.rechunk()
+        self._recent, self._recent_rows = [], 0
+
+    def frame(self) -> pl.DataFrame:
+        self.compact()
+        return self._frame
+
+    def where_in(self, column: str, values: Sequence[str] | pl.Series) -> pl.DataFrame:
+        """Current rows whose `column` is one of `values`, without forcing a compaction: a
+        row counts only if no later write replaced its key."""
+        values = pl.Series(values, dtype=pl.String)
+        parts: list[pl.DataFrame] = []
+        replaced_later = pl.Series(self.key, [], dtype=pl.String)
+        for keys, rows in reversed(self._recent):
+            hits = rows.filter(pl.col(column).is_in(values))
+            if replaced_later.len():
+                hits = hits.filter(~pl.col(self.key).is_in(replaced_later))
+            parts.append(hits)
+            replaced_later = pl.concat([replaced_later, keys])
+        base = self._frame.filter(pl.col(column).is_in(values))
+        if replaced_later.len():
+            base = base.filter(~pl.col(self.key).is_in(replaced_later))
+        parts.append(base)
+        return pl.concat(parts[::-1]) if len(parts) > 1 else parts[0]
+
+    def __len__(self) -> int:
+        return self.frame().height

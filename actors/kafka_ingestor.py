@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from cluster.api.schemas import Event
 from cluster.dead_letters import dead_letter_fields, dlq_key
-from cluster.event_log import LANE_OF_TYPE, RedisEventLog
+from cluster.event_log import LANE_OF_TYPE, open_event_log
 from cluster.settings import HeraldSettings
 
 log = logging.getLogger("herald.kafka")
@@ -59,7 +59,7 @@ class KafkaIngestor:
 
     def __init__(self, settings: HeraldSettings) -> None:
         self.settings = settings
-        self.log = RedisEventLog(settings)
+        self.log = open_event_log(settings)
         self.counts: Counter[str] = Counter()
         self._task = asyncio.get_running_loop().create_task(self._run())
 

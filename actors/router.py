@@ -1,16 +1,25 @@
 """EventRouter: reads batches from the event log, plans deliveries, sends, records, acks.
 
 Each router runs several read loops per lane, so while one batch waits on the providers the
-next is already being planned, plus one loop that re-sends due retries. The order inside a
-loop is what makes delivery at-least-once: record as queued → send → record outcomes (and
-schedule retries, dead-letter the hopeless) → XACK. A crash anywhere before the XACK leaves
-the entry pending; it is read again (own pending first after a restart, XAUTOCLAIM by a
-peer otherwise) and deliveries already final in the delivery state are skipped.
+next is already being planned, plus one loop per lane that re-sends due retries. The order
+inside a loop is what makes delivery at-least-once: record as queued → send → record
+outcomes (and schedule retries, dead-letter the hopeless) → XACK. A crash anywhere before
+the XACK leaves the entry pending; it is read again (own pending first after a restart,
+XAUTOCLAIM by a peer otherwise) and deliveries already final in the delivery state are
+skipped.
+
+Lanes stay apart all the way: transactional (order updates) and marketing (price drops)
+are separate log streams, separate read and retry loops, and separate sender actors per
+channel (`sender_name(channel, lane)`), so a big marketing fan-out never delays an order
+update. A fan-out is planned off the event loop (in a thread: polars releases the GIL) and
+sent in chunks of `batch_max_rows` deliveries, so its memory and in-flight work stay bounded
+and the transactional loops keep running in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,13 +32,13 @@ import ray
 
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.delivery_state import DeliveryState
-from cluster.event_log import LANE_OF_TYPE, LANES, RedisEventLog
+from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
 from cluster.names import PUSH_CHANNELS, sender_name, shard_name
 from cluster.retry_schedule import RetrySchedule
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
 from cluster.tables.deliveries import DELIVERIES
-from pipelines import order_updates
+from pipelines import order_updates, price_drops
 
 log = logging.getLogger("herald.router")
 
@@ -41,9 +50,18 @@ _EVENT_DTYPE = pl.Struct(
         "user_id": pl.String,
         "order_id": pl.String,
         "status": pl.String,
+        "product_id": pl.String,
+        "old_price": pl.Float64,
+        "new_price": pl.Float64,
+        "currency": pl.String,
+        "title": pl.String,
     }
 )
 _DELIVERY_COLUMNS = [f.name for f in DELIVERIES]
+# Fields only one event type has: dropped from the other type's frame, so a price drop's
+# `title` can never shadow an order template's title in a join.
+_ORDER_ONLY = ["user_id", "order_id", "status"]
+_PRICE_DROP_ONLY = ["product_id", "old_price", "new_price", "currency", "title"]
 
 
 class EventRouter:
@@ -52,7 +70,7 @@ class EventRouter:
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         self.settings = settings
         self.index = index
-        self.log = RedisEventLog(settings)
+        self.log = open_event_log(settings)
         self.redis = self.log.redis
         self.state = DeliveryState(settings, self.redis)
         self.retries = RetrySchedule(settings, self.redis)
@@ -70,7 +88,8 @@ class EventRouter:
             for loop in range(self.settings.router_loops):
                 consumer = f"router-{self.index}-{lane}-{loop}"
                 self._tasks.append(asyncio.create_task(self._run(lane, consumer)))
-        self._tasks.append(asyncio.create_task(self._run_retries()))
+        for lane in LANES:
+            self._tasks.append(asyncio.create_task(self._run_retries(lane)))
 
     async def start(self) -> None:
         """Wait until the read loops run (bootstrap calls it to surface startup errors)."""
@@ -92,7 +111,8 @@ class EventRouter:
                     )
                     if stale.height:
                         self.counts["claimed"] += stale.height
-                        await self._process_safely(lane, stale, redelivered=True)
+                        async with self._leased(lane, consumer, stale):
+                            await self._process_safely(lane, stale, redelivered=True)
                 entries = await self.log.read(
                     lane,
                     consumer,
@@ -104,13 +124,35 @@ class EventRouter:
                     pending = False
                     continue
                 if entries.height:
-                    await self._process_safely(lane, entries, redelivered=pending)
+                    redelivered = pending or self.log.redelivers_unannounced
+                    async with self._leased(lane, consumer, entries):
+                        await self._process_safely(lane, entries, redelivered=redelivered)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("router %s: read failed; retrying", consumer)
                 pending = True
                 await asyncio.sleep(0.5)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, lane: str, consumer: str, entries: pl.DataFrame):
+        """Keep the entries' lease fresh while they are processed: a long fan-out must not
+        look abandoned to a peer's claim (it would send the same pushes a second time)."""
+
+        async def renew() -> None:
+            ids = entries["entry_id"].to_list()
+            while True:
+                await asyncio.sleep(self.settings.claim_idle_ms / 3000)
+                try:
+                    await self.log.renew(lane, consumer, ids)
+                except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate
+                    log.warning("router %s: lease renewal failed", consumer, exc_info=True)
+
+        keeper = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            keeper.cancel()
 
     async def _process_safely(self, lane: str, entries: pl.DataFrame, redelivered: bool) -> None:
         """Process a batch; if it fails, process its entries one by one so a poison event
@@ -143,10 +185,17 @@ class EventRouter:
                 lane, entries.filter(~known), "unknown event type or missing event_id"
             )
             events = events.filter(known)
-        orders = events.filter(pl.col("type") == "order.updated")
-        if orders.height == 0:
-            await self.log.ack(lane, events["entry_id"].to_list())
-            return
+        orders = events.filter(pl.col("type") == "order.updated").drop(_PRICE_DROP_ONLY)
+        if orders.height:
+            await self._route_orders(orders, redelivered)
+        drops = events.filter(pl.col("type") == "price.dropped").drop(_ORDER_ONLY)
+        if drops.height:
+            await self._route_price_drops(drops, redelivered)
+        await self.log.ack(lane, events["entry_id"].to_list())
+        self.counts["events"] += events.height
+
+    async def _route_orders(self, orders: pl.DataFrame, redelivered: bool) -> None:
+        """order.updated: one notification (id = event_id) per event, to one user."""
         audience = await self._audience(orders["user_id"].unique().to_list())
         deliveries, suppressed = order_updates.plan(
             orders, audience, fallback=self.settings.fallback_webhook_url is not None
@@ -156,8 +205,30 @@ class EventRouter:
             deliveries = deliveries.filter(~(await self.state.finished(deliveries)))
         await self.state.record_routed(deliveries, suppressed, meta)
         await self._send(deliveries.with_columns(attempt=pl.lit(0)))
-        await self.log.ack(lane, events["entry_id"].to_list())
-        self.counts["events"] += events.height
+
+    async def _route_price_drops(self, drops: pl.DataFrame, redelivered: bool) -> None:
+        """price.dropped: one notification (`<event_id>:<user_id>`) per wisher, fanned out
+        in chunks of `batch_max_rows` deliveries: record queued → send → record outcomes,
+        chunk after chunk. The log entry is acked by the caller only after the last chunk,
+        so a crash mid fan-out redelivers the event and only the unfinished part is sent."""
+        audience = await self._wishers(drops["product_id"].unique().to_list())
+        targets, suppressed = await asyncio.to_thread(price_drops.plan, drops, audience)
+        content = price_drops.messages(drops)
+        step = self.settings.batch_max_rows
+        for start in range(0, suppressed.height, step):
+            part = suppressed.slice(start, step)
+            await self.state.record_routed(
+                price_drops.EMPTY_DELIVERIES, part, price_drops.meta(part)
+            )
+        for start in range(0, targets.height, step):
+            chunk = targets.slice(start, step)
+            deliveries = price_drops.render(chunk, content)
+            if redelivered:
+                deliveries = deliveries.filter(~(await self.state.finished(deliveries)))
+            await self.state.record_routed(deliveries, pl.DataFrame(), price_drops.meta(chunk))
+            await self._send(deliveries.with_columns(attempt=pl.lit(0)))
+        self.counts["price_drop_notifications"] += targets["notification_id"].n_unique()
+        self.counts["price_drop_suppressed"] += suppressed.height
 
     async def _dead_letter_entries(self, lane: str, entries: pl.DataFrame, reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -176,15 +247,15 @@ class EventRouter:
         self.counts["dead_lettered_events"] += entries.height
 
     # --- retries -------------------------------------------------------------------------
-    async def _run_retries(self) -> None:
+    async def _run_retries(self, lane: str) -> None:
         while True:
             try:
-                members, rows = await self.retries.take_due(self.settings.batch_max_rows)
+                members, rows = await self.retries.take_due(self.settings.batch_max_rows, lane)
                 if not members:
                     await asyncio.sleep(0.2)
                     continue
                 self.counts["retried"] += rows.height
-                await self._send(rows, retry_members=members)
+                await self._send(rows, retry_members=members, retry_lane=lane)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -205,14 +276,29 @@ class EventRouter:
         tables: list[pa.Table] = await asyncio.gather(*calls)
         return pl.concat([pl.from_arrow(t) for t in tables], how="vertical_relaxed")
 
-    async def _send(self, deliveries: pl.DataFrame, retry_members: list | None = None) -> None:
-        """One call per channel; then every outcome recorded in one Redis pipeline."""
+    async def _wishers(self, product_ids: list[str]) -> pl.DataFrame:
+        """Who wishes for these products, with devices and preferences: one call per shard
+        (every shard may hold wishers), all in parallel, each answering with columns."""
+        calls = [
+            self._shard(shard).wishers.remote(product_ids) for shard in range(self.settings.shards)
+        ]
+        tables: list[pa.Table] = await asyncio.gather(*calls)
+        return pl.concat([pl.from_arrow(t) for t in tables], how="vertical_relaxed")
+
+    async def _send(
+        self,
+        deliveries: pl.DataFrame,
+        retry_members: list | None = None,
+        retry_lane: str = "transactional",
+    ) -> None:
+        """One call per (channel, lane) sender; then every outcome recorded in one Redis
+        pipeline. Each row goes to its own lane's sender, retries included."""
         if deliveries.height == 0:
             return
-        parts = deliveries.partition_by("channel", as_dict=True)
+        parts = deliveries.partition_by("channel", "lane", as_dict=True)
         calls = [
-            self._sender(channel).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow())
-            for (channel,), part in parts.items()
+            self._sender(channel, lane).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow())
+            for (channel, lane), part in parts.items()
         ]
         results = await asyncio.gather(*calls)
         answered = pl.concat(
@@ -225,11 +311,12 @@ class EventRouter:
         pipe = self.redis.pipeline(transaction=True)
         self._record(answered, pipe)
         if retry_members:
-            self.retries.done(retry_members, pipe)
+            self.retries.done(retry_members, pipe, retry_lane)
         await pipe.execute()
         await self._deactivate_dead(answered.filter(pl.col("outcome") == "dead_token"))
         if self.settings.fallback_webhook_url:
-            await self._fall_back(answered)
+            # The webhook fallback is for order updates, never for marketing.
+            await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
 
     async def _fall_back(self, answered: pl.DataFrame) -> None:
         """Order updates whose every push is now final and none delivered go to the webhook
@@ -313,8 +400,8 @@ class EventRouter:
     def _shard(self, index: int) -> ray.actor.ActorHandle:
         return self._handle(shard_name(index))
 
-    def _sender(self, channel: str) -> ray.actor.ActorHandle:
-        return self._handle(sender_name(channel))
+    def _sender(self, channel: str, lane: str) -> ray.actor.ActorHandle:
+        return self._handle(sender_name(channel, lane))
 
     def _handle(self, name: str) -> ray.actor.ActorHandle:
         """Named-actor lookups go to the GCS; a handle stays valid across actor restarts."""

@@ -1,8 +1,12 @@
-"""ChannelSender: one actor per channel that owns that provider's long-lived connections.
+"""ChannelSender: one actor per (channel, lane) that owns that provider's long-lived
+connections for that lane.
 
 Batches come in, every row goes out concurrently inside the provider client, a RESULTS
 table goes back. The client is created lazily inside the actor's own event loop (aioapns
-and httpx bind to the loop they are created in).
+and httpx bind to the loop they are created in). The transactional and the marketing lane
+each have their own sender per channel — own process, connections, in-flight bound and
+rate limit (marketing's is capped by `HERALD_MARKETING_*_RATE_PER_S`) — so a large
+marketing fan-out never queues in front of an order update.
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ from actors.senders.base import ProviderClient
 from cluster.settings import HeraldSettings
 
 
-def provider_client(settings: HeraldSettings, channel: str) -> ProviderClient:
+def provider_client(
+    settings: HeraldSettings, channel: str, lane: str = "transactional"
+) -> ProviderClient:
     """The one place that maps a channel name to its provider module."""
     if channel == "apns":
         from actors.senders.apns import ApnsClient
 
-        return ApnsClient(settings)
+        return ApnsClient(settings, lane)
     if channel == "fcm":
         from actors.senders.fcm import FcmClient
 
-        return FcmClient(settings)
+        return FcmClient(settings, lane)
     if channel == "inbox":
         from actors.senders.inbox import InboxClient
 
@@ -39,9 +45,10 @@ def provider_client(settings: HeraldSettings, channel: str) -> ProviderClient:
 class ChannelSender:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
 
-    def __init__(self, settings: HeraldSettings, channel: str) -> None:
+    def __init__(self, settings: HeraldSettings, channel: str, lane: str) -> None:
         self.channel = channel
-        self.client = provider_client(settings, channel)
+        self.lane = lane
+        self.client = provider_client(settings, channel, lane)
         self._started: asyncio.Task | None = None
         self.sent = 0
 
@@ -54,4 +61,4 @@ class ChannelSender:
         return results
 
     async def ping(self) -> dict[str, int | str]:
-        return {"channel": self.channel, "sent": self.sent}
+        return {"channel": self.channel, "lane": self.lane, "sent": self.sent}

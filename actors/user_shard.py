@@ -1,4 +1,5 @@
-"""UserShard: the owner of one hash range of users — their devices, profiles, preferences.
+"""UserShard: the owner of one hash range of users — their devices, profiles, preferences
+and wishlists.
 
 Columns, not objects: each table is a `KeyedTable` of polars columns, looked up a batch of
 users at a time. Writes go to Redis first (one pipeline per batch) and then to memory, so a
@@ -13,11 +14,12 @@ import polars as pl
 import pyarrow as pa
 import redis
 
-from actors.columnar import KeyedTable
+from actors.columnar import GroupedTable, KeyedTable
 from cluster.settings import HeraldSettings
 from cluster.tables.devices import DEVICES
 from cluster.tables.preferences import DEFAULTS, PREFERENCES
 from cluster.tables.profiles import PROFILES
+from cluster.tables.wishlists import WISHLISTS
 
 _HSCAN_COUNT = 10_000
 
@@ -34,8 +36,11 @@ class UserShard:
             "profiles": KeyedTable(PROFILES, "user_id"),
             "preferences": KeyedTable(PREFERENCES, "user_id"),
         }
+        # (user_id, product_id) rows; a user's rows are replaced as a group.
+        self.wishlists = GroupedTable(WISHLISTS, "user_id")
         self.started_at = time.time()
         self._rebuild()
+        self._rebuild_wishlists()
 
     # --- persistence ---------------------------------------------------------------------
     def _redis_key(self, table: str) -> str:
@@ -52,6 +57,19 @@ class UserShard:
             dtype = pl.Struct(table._polars_schema)
             decoded = pl.Series("row", values, dtype=pl.Binary).cast(pl.String)
             table.replace_all(decoded.str.json_decode(dtype).struct.unnest())
+
+    def _rebuild_wishlists(self) -> None:
+        values = [
+            v for _, v in self.redis.hscan_iter(self._redis_key("wishlists"), count=_HSCAN_COUNT)
+        ]
+        if not values:
+            return
+        dtype = pl.Struct({"user_id": pl.String, "product_ids": pl.List(pl.String)})
+        decoded = pl.Series("row", values, dtype=pl.Binary).cast(pl.String)
+        rows = decoded.str.json_decode(dtype).struct.unnest().explode("product_ids")
+        self.wishlists.replace_all(
+            rows.rename({"product_ids": "product_id"}).drop_nulls("product_id")
+        )
 
     def _write_through(self, name: str, frame: pl.DataFrame) -> None:
         encoded = frame.select(
@@ -79,6 +97,30 @@ class UserShard:
     def upsert_preferences(self, rows: pa.Table) -> int:
         return self._upsert("preferences", rows)
 
+    def replace_wishlists(self, rows: pa.Table, user_ids: list[str] | None = None) -> int:
+        """Replace the wishlists of `user_ids` (default: the users in `rows`) with the
+        (user_id, product_id) `rows`; a user in `user_ids` without rows gets an empty list.
+        Written through to Redis first, one hash field per user."""
+        frame = self.wishlists.conform(rows).unique(maintain_order=True)
+        users = pl.concat([frame["user_id"], pl.Series("user_id", user_ids or [], pl.String)])
+        users = users.unique()
+        lists = frame.group_by("user_id", maintain_order=True).agg(
+            pl.col("product_id").alias("product_ids")
+        )
+        encoded = lists.select(
+            "user_id", pl.struct("user_id", "product_ids").struct.json_encode().alias("json")
+        )
+        emptied = users.filter(~users.is_in(lists["user_id"]))
+        key = self._redis_key("wishlists")
+        pipe = self.redis.pipeline(transaction=False)
+        for chunk in encoded.iter_slices(5_000):
+            pipe.hset(key, mapping=dict(zip(chunk["user_id"], chunk["json"], strict=True)))
+        for start in range(0, emptied.len(), 5_000):
+            pipe.hdel(key, *emptied.slice(start, 5_000).to_list())
+        pipe.execute()
+        self.wishlists.replace(frame, users)
+        return frame.height
+
     def deactivate_devices(self, device_ids: list[str]) -> int:
         """Mark devices inactive (unregistered, moved to another user, or a dead token)."""
         current = self.tables["devices"].where_in("device_id", device_ids)
@@ -97,17 +139,33 @@ class UserShard:
         """One row per (user, active device) — or one row with null device columns for a
         user without devices — with the user's preferences, defaults filled in."""
         users = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)}).unique()
+        return self._with_prefs_and_devices(users).to_arrow()
+
+    def wishers(self, product_ids: list[str]) -> pa.Table:
+        """Everyone in this shard whose wishlist holds one of `product_ids`: one row per
+        (product, user, active device) — or with null device columns for a user without an
+        active device — with the user's preferences, defaults filled in. Columns all the
+        way: a filter on the wishlist rows, then two joins."""
+        wished = self.wishlists.where_in("product_id", product_ids).select("product_id", "user_id")
+        return self._with_prefs_and_devices(wished).to_arrow()
+
+    def wishlist(self, user_id: str) -> list[str]:
+        return self.wishlists.where_in("user_id", [user_id])["product_id"].to_list()
+
+    def _with_prefs_and_devices(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """`rows` (with a user_id column) joined with preferences and active devices."""
+        users = rows["user_id"].unique()
         devices = (
             self.tables["devices"]
-            .where_in("user_id", users["user_id"])
+            .where_in("user_id", users)
             .filter(pl.col("active"))
             .select("user_id", "device_id", "platform", "token")
         )
-        prefs = self.tables["preferences"].where_in("user_id", users["user_id"]).drop("updated_at")
-        joined = users.join(prefs, on="user_id", how="left").with_columns(
+        prefs = self.tables["preferences"].where_in("user_id", users).drop("updated_at")
+        joined = rows.join(prefs, on="user_id", how="left").with_columns(
             [pl.col(name).fill_null(value) for name, value in DEFAULTS.items() if value is not None]
         )
-        return joined.join(devices, on="user_id", how="left").to_arrow()
+        return joined.join(devices, on="user_id", how="left")
 
     def stats(self) -> dict[str, int]:
         devices = self.tables["devices"].frame()
@@ -117,6 +175,7 @@ class UserShard:
             "active_devices": int(devices["active"].sum()),
             "profiles": len(self.tables["profiles"]),
             "preferences": len(self.tables["preferences"]),
+            "wishlist_rows": len(self.wishlists),
             "device_bytes": devices.estimated_size(),
         }
 

@@ -14,7 +14,7 @@ from actors.kafka_ingestor import KafkaIngestor
 from actors.router import EventRouter
 from actors.sender import ChannelSender
 from actors.user_shard import UserShard
-from cluster.names import INGESTOR, channels, router_name, sender_name, shard_name
+from cluster.names import INGESTOR, router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldSettings
 
 
@@ -42,11 +42,12 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         .remote(settings, i)
         for i in range(settings.shards)
     ]
-    senders = [
+    # One sender per (channel, lane): separate capacity, so marketing never delays orders.
+    channel_senders = [
         ray.remote(ChannelSender)
-        .options(**_options(settings, sender_name(c), max_concurrency=1000))
-        .remote(settings, c)
-        for c in channels(settings)
+        .options(**_options(settings, sender_name(c, lane), max_concurrency=1000))
+        .remote(settings, c, lane)
+        for c, lane in senders(settings)
     ]
     routers = [
         ray.remote(EventRouter)
@@ -54,7 +55,7 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         .remote(settings, i)
         for i in range(settings.routers)
     ]
-    ray.get([a.ping.remote() for a in shards + senders], timeout=timeout_s)
+    ray.get([a.ping.remote() for a in shards + channel_senders], timeout=timeout_s)
     ray.get([r.start.remote() for r in routers], timeout=timeout_s)
     if settings.kafka_bootstrap:
         ray.remote(KafkaIngestor).options(
@@ -65,7 +66,7 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
 def kill_actors(settings: HeraldSettings) -> None:
     """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
     names = [shard_name(i) for i in range(settings.shards)]
-    names += [sender_name(c) for c in channels(settings)]
+    names += [sender_name(c, lane) for c, lane in senders(settings)]
     names += [router_name(i) for i in range(settings.routers)] + [INGESTOR]
     for name in names:
         try:

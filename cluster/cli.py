@@ -21,7 +21,13 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
     from cluster.local import LocalStack
 
     stack = LocalStack(data_dir=data_dir, http_port=port, shards=shards, dashboard=dashboard)
-    stack.start()
+    try:
+        stack.start()
+    except BaseException:
+        # Redis and the emulators are already running when Ray or the app fails to start
+        # (or Ctrl-C comes mid-start): stop them, don't leave them behind.
+        stack.stop()
+        raise
     info = StackInfo(
         api_url=stack.api_url,
         api_key=stack.api_key,
@@ -32,6 +38,26 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
     )
     info.save(stack.data_dir)
     return stack, info
+
+
+def _wait_for_ctrl_c() -> None:
+    """Block until SIGINT (Ctrl-C) or SIGTERM.
+
+    Our own handlers, not Python's KeyboardInterrupt: importing polars (≥ 2) replaces the
+    process's C-level SIGINT handler with one that does not wake a thread blocked in
+    `Event.wait()`, so a plain `wait()` never returned on Ctrl-C. The timed wait also lets
+    Python run its handlers when the kernel hands the signal to one of Ray's threads."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    # A second Ctrl-C while stopping interrupts the (slow) Serve shutdown; Redis and the
+    # emulators are still stopped, and Ray's processes die with their driver.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @app.command()
@@ -66,12 +92,7 @@ def run(
         )
         typer.echo(f"curl -s {auth} {info.api_url}/v1/notifications/e1")
         typer.echo(f"OpenAPI docs: {info.api_url}/docs   (Ctrl-C stops everything)", err=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
+        _wait_for_ctrl_c()
     finally:
         typer.echo("stopping Herald…", err=True)
         stack.stop()

@@ -4,12 +4,14 @@ drops them (`herald dlq list | replay`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import redis
 
+from cluster.event_log import open_event_log
 from cluster.settings import HeraldSettings
 
 KINDS = ("delivery", "event", "kafka")  # kafka: a record no contract could parse
@@ -52,6 +54,7 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
     )
     pipe = client.pipeline(transaction=True)
     replayed = 0
+    events: list[tuple[str, dict, float]] = []
     for entry_id, fields in entries:
         body = json.loads(fields[b"body"])
         if fields[b"kind"] == b"kafka":
@@ -64,13 +67,21 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
         else:
             lane = body.pop("_lane", "transactional")
             accepted_at = body.pop("_accepted_at", time.time())
-            pipe.xadd(
-                settings.key("stream", lane), {"e": json.dumps(body), "at": repr(accepted_at)}
-            )
+            events.append((lane, body, float(accepted_at)))
         pipe.xdel(key, entry_id)
         replayed += 1
+    if events:
+        asyncio.run(_requeue(settings, events))
     pipe.execute()
     return replayed
+
+
+async def _requeue(settings: HeraldSettings, events: list[tuple[str, dict, float]]) -> None:
+    log = open_event_log(settings)
+    try:
+        await log.requeue(events)
+    finally:
+        await log.redis.aclose()
 
 
 def _mark_retrying(client: redis.Redis, pipe, state_key: str, delivery: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The durable event log on Redis Streams: one stream per lane, one consumer group.
+"""The durable event log: its contract, and the default on Redis Streams (one stream per
+lane, one consumer group). `cluster.kafka_log` is the same contract on Kafka topics.
 
 Ingress appends with a Lua script that sets the event's idempotency key and XADDs in one
 atomic step, so an event is either logged and remembered or neither; a replayed event_id
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import polars as pl
 import redis.asyncio as aioredis
@@ -21,7 +23,7 @@ from cluster.settings import HeraldSettings
 
 LANES = ("transactional", "marketing")
 # Which lane each event type travels in: order updates never queue behind a flash sale.
-LANE_OF_TYPE = {"order.updated": "transactional"}
+LANE_OF_TYPE = {"order.updated": "transactional", "price.dropped": "marketing"}
 GROUP = "routers"
 
 _APPEND = """
@@ -43,7 +45,58 @@ return out
 ENTRY_SCHEMA = {"entry_id": pl.String, "body": pl.String, "accepted_at": pl.Float64}
 
 
+class EventLog(Protocol):
+    """What ingress, routers and the Kafka ingestor need of a log, whichever backend.
+
+    Entries come back as columns `ENTRY_SCHEMA`; an entry stays owed to the consumer group
+    until acked, so a crash between read and ack means the entry is read again."""
+
+    redis: aioredis.Redis
+    # True when the backend can hand out an entry again without saying so (a rebalance):
+    # the router then checks every batch against the delivery state, not just re-reads.
+    redelivers_unannounced: bool
+
+    async def ensure_groups(self) -> None: ...
+    async def append(self, events: Sequence[tuple[str, str, dict]]) -> list[bool]: ...
+    async def requeue(self, events: Sequence[tuple[str, dict, float]]) -> None: ...
+    async def accepted_at(self, event_id: str) -> float | None: ...
+    async def read(
+        self, lane: str, consumer: str, count: int, block_ms: int, pending: bool = False
+    ) -> pl.DataFrame: ...
+    async def claim_stale(
+        self, lane: str, consumer: str, min_idle_ms: int, count: int
+    ) -> pl.DataFrame: ...
+    async def renew(self, lane: str, consumer: str, entry_ids: Sequence[str]) -> None:
+        """Tell the group these entries are still in work (resets their claim_idle clock)."""
+
+    async def ack(self, lane: str, entry_ids: Sequence[str]) -> None: ...
+    async def lag(self, lane: str) -> int: ...
+
+
+def open_event_log(settings: HeraldSettings, client: aioredis.Redis | None = None) -> EventLog:
+    """The log `HERALD_EVENT_LOG` names; the one place that chooses."""
+    if settings.event_log == "kafka":
+        from cluster.kafka_log import KafkaEventLog
+
+        return KafkaEventLog(settings, client)
+    return RedisEventLog(settings, client)
+
+
+async def claim_event_ids(
+    redis: aioredis.Redis, settings: HeraldSettings, event_ids: Sequence[str], now: float
+) -> list[bool]:
+    """Remember each event_id for the idempotency window; True where it was not known."""
+    pipe = redis.pipeline(transaction=False)
+    for event_id in event_ids:
+        pipe.set(
+            settings.key("event", event_id), repr(now), nx=True, ex=settings.idempotency_window_s
+        )
+    return [bool(flag) for flag in await pipe.execute()]
+
+
 class RedisEventLog:
+    redelivers_unannounced = False
+
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = client or aioredis.Redis.from_url(settings.redis_url)
@@ -74,6 +127,14 @@ class RedisEventLog:
         flags = await self._append(args=args)
         return [bool(flag) for flag in flags]
 
+    async def requeue(self, events: Sequence[tuple[str, dict, float]]) -> None:
+        """Put (lane, event, accepted_at) back in the log, bypassing the idempotency check
+        (dead-letter replay: the id is known, the event must run again)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for lane, event, accepted_at in events:
+            pipe.xadd(self.stream(lane), {"e": json.dumps(event), "at": repr(accepted_at)})
+        await pipe.execute()
+
     async def accepted_at(self, event_id: str) -> float | None:
         value = await self.redis.get(self.settings.key("event", event_id))
         return float(value) if value is not None else None
@@ -102,6 +163,14 @@ class RedisEventLog:
             self.stream(lane), GROUP, consumer, min_idle_ms, start_id="0-0", count=count
         )
         return self._frame(reply[1])
+
+    async def renew(self, lane: str, consumer: str, entry_ids: Sequence[str]) -> None:
+        # XCLAIM to ourselves with min-idle 0 resets the idle time; acked entries are
+        # no longer pending and are left alone.
+        if entry_ids:
+            await self.redis.xclaim(
+                self.stream(lane), GROUP, consumer, 0, list(entry_ids), justid=True
+            )
 
     async def ack(self, lane: str, entry_ids: Sequence[str]) -> None:
         if not entry_ids:

@@ -1,11 +1,13 @@
-"""Bulk loads that bypass HTTP: whole Arrow tables of devices partitioned by shard, one
-actor call per shard per chunk (the base of `herald import`, used by benchmarks)."""
+"""Bulk loads that bypass HTTP: whole Arrow tables of devices or wishlists partitioned by
+shard, one actor call per shard per chunk (the base of `herald import`, used by benchmarks
+and by tests that need thousands of users)."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import ray
 import redis
@@ -58,3 +60,25 @@ def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int 
         )
     pipe.execute()
     return written
+
+
+def import_wishlists(
+    settings: HeraldSettings, wishlists: pa.Table, chunk_users: int = 50_000
+) -> int:
+    """Replace the wishlists of every user in (user_id, product_id) rows, like
+    `PUT /v1/users/{id}/wishlist` does for one user; returns the number of rows written.
+
+    One actor call per shard per chunk of users; a user's rows never straddle two calls
+    (each call replaces its users' whole lists)."""
+    frame = pl.from_arrow(wishlists.select(["user_id", "product_id"]))
+    users = frame["user_id"].unique(maintain_order=True)
+    owners = shard_of(users.to_arrow(), settings.shards)
+    calls = []
+    for shard in np.unique(owners):
+        handle = ray.get_actor(shard_name(int(shard)), namespace=settings.namespace)
+        mine = users.filter(pl.Series(owners == shard))
+        for start in range(0, mine.len(), chunk_users):
+            part = mine.slice(start, chunk_users)
+            rows = frame.filter(pl.col("user_id").is_in(part))
+            calls.append(handle.replace_wishlists.remote(rows.to_arrow(), part.to_list()))
+    return sum(ray.get(calls))

@@ -96,7 +96,9 @@ class LocalStack:
     def start(self) -> LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # fsync on every write: a 202 means the event is on disk, even if Redis is killed.
-        self.redis = EmbeddedRedis(self.data_dir / "redis", appendfsync="always").start()
+        # Assigned before start(), so stop() also ends a redis-server that never answered.
+        self.redis = EmbeddedRedis(self.data_dir / "redis", appendfsync="always")
+        self.redis.start()
         pki = make_test_pki(self.data_dir / "pki")
         self.apns = Emulator("apns", pki.directory)
         self.fcm = Emulator("fcm", pki.directory)

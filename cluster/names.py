@@ -1,5 +1,6 @@
 """Names of Herald's named actors, in one place so every process finds the same ones."""
 
+from cluster.event_log import LANES
 from cluster.settings import HeraldSettings
 
 CHANNELS = ("apns", "fcm", "inbox")
@@ -15,10 +16,23 @@ def router_name(index: int) -> str:
     return f"herald-router-{index}"
 
 
-def sender_name(channel: str) -> str:
-    return f"herald-sender-{channel}"
+def sender_name(channel: str, lane: str) -> str:
+    """Each lane has its own sender per channel: its own connections, in-flight bound and
+    rate limit, so a marketing fan-out never queues in front of an order update."""
+    return f"herald-sender-{channel}-{lane}"
 
 
 def channels(settings: HeraldSettings) -> tuple[str, ...]:
     """The channels this deployment sends on: the fallback webhook only when configured."""
     return CHANNELS + (("webhook",) if settings.fallback_webhook_url else ())
+
+
+def senders(settings: HeraldSettings) -> tuple[tuple[str, str], ...]:
+    """Every (channel, lane) that has a sender actor. The webhook fallback serves order
+    updates only, so it exists in the transactional lane alone."""
+    return tuple(
+        (channel, lane)
+        for lane in LANES
+        for channel in channels(settings)
+        if channel != "webhook" or lane == "transactional"
+    )

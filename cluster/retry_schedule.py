@@ -5,6 +5,11 @@ Lua call, so a router that dies holding them only delays them — another router
 when the lease runs out. They leave the set only when their next outcome is recorded.
 Delays grow exponentially with full jitter (AWS's "Exponential Backoff and Jitter") and
 never undercut a provider's Retry-After.
+
+Each lane has its own set (transactional keeps the original `retry` key, which dead-letter
+replays also feed), and routers take due retries per lane, so a backlog of marketing
+retries never holds up an order update's retry. Every row carries its lane, and is re-sent
+through that lane's senders whichever set it came from.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 import polars as pl
 import redis.asyncio as aioredis
 
+from cluster.event_log import LANES
 from cluster.settings import HeraldSettings
 
 _TAKE = """
@@ -41,25 +47,32 @@ class RetrySchedule:
         self.key = settings.key("retry")
         self._take = client.register_script(_TAKE)
 
+    def key_of(self, lane: str) -> str:
+        return self.key if lane == "transactional" else self.settings.key("retry", lane)
+
     def schedule(self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline) -> None:
         """Queue DELIVERIES rows (plus `attempt` done so far and `retry_after_s`) on `pipe`."""
         now = time.time()
         for row in rows.iter_rows(named=True):
             due = now + backoff_s(self.settings, row["attempt"], row.pop("retry_after_s", None))
-            pipe.zadd(self.key, {json.dumps(row, sort_keys=True): due})
+            pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
 
-    async def take_due(self, limit: int = 500) -> tuple[list[bytes], pl.DataFrame]:
-        """Due retries, leased to the caller: (their members, their rows as a frame)."""
+    async def take_due(
+        self, limit: int = 500, lane: str = "transactional"
+    ) -> tuple[list[bytes], pl.DataFrame]:
+        """Due retries of one lane, leased to the caller: (their members, their rows)."""
         now = time.time()
         members = await self._take(
-            keys=[self.key], args=[now, limit, now + self.settings.retry_lease_s]
+            keys=[self.key_of(lane)], args=[now, limit, now + self.settings.retry_lease_s]
         )
         rows = pl.DataFrame([json.loads(m) for m in members]) if members else pl.DataFrame()
         return members, rows
 
-    def done(self, members: list[bytes], pipe: aioredis.client.Pipeline) -> None:
+    def done(
+        self, members: list[bytes], pipe: aioredis.client.Pipeline, lane: str = "transactional"
+    ) -> None:
         if members:
-            pipe.zrem(self.key, *members)
+            pipe.zrem(self.key_of(lane), *members)
 
     async def size(self) -> int:
-        return int(await self.redis.zcard(self.key))
+        return sum([int(await self.redis.zcard(self.key_of(lane))) for lane in LANES])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,23 @@ class HeraldSettings(BaseSettings):
     kafka_group: str = Field("herald-ingest", description="Consumer group of Herald's ingestors.")
     kafka_batch_max: int = Field(
         1000, ge=1, description="Most Kafka records handed to the event log in one step."
+    )
+    event_log: Literal["redis", "kafka"] = Field(
+        "redis",
+        description="Where the durable event log lives: Redis Streams, or Kafka topics "
+        "(needs HERALD_KAFKA_BOOTSTRAP).",
+    )
+    kafka_log_topic_prefix: str = Field(
+        "herald.log.", description="Kafka event log: topic per lane is this prefix + lane."
+    )
+    kafka_log_group: str = Field(
+        "herald-routers", description="Kafka event log: consumer group prefix of the routers."
+    )
+    kafka_log_partitions: int = Field(
+        8, ge=1, description="Kafka event log: partitions per lane topic (created if missing)."
+    )
+    kafka_log_produce_timeout_s: float = Field(
+        10.0, gt=0, description="Kafka event log: longest wait for the broker to take events."
     )
 
     # --- topology ------------------------------------------------------------------------
@@ -136,14 +153,43 @@ class HeraldSettings(BaseSettings):
         10_000, gt=0, description="FCM send rate ceiling (default quota is 10k/s/project)."
     )
 
+    # --- marketing lane ------------------------------------------------------------------
+    # Marketing (price drops, campaigns) has its own sender per channel; these ceilings keep
+    # a big fan-out from taking the CPU and provider quota order updates need. The defaults
+    # fit the 2-core reference box (~2.5k pushes/s in all); raise them on bigger machines.
+    marketing_apns_rate_per_s: float = Field(
+        1_000,
+        gt=0,
+        description="Marketing lane APNs send rate ceiling (transactional keeps the APNs one).",
+    )
+    marketing_fcm_rate_per_s: float = Field(
+        500,
+        gt=0,
+        description="Marketing lane FCM send rate ceiling (transactional keeps the FCM one).",
+    )
+
     # --- local stack (make run, tests) ---------------------------------------------------
     data_dir: Path = Field(
         Path(".herald"), description="Where the local stack keeps Redis data, certs and keys."
     )
 
+    @model_validator(mode="after")
+    def _kafka_log_needs_a_broker(self) -> HeraldSettings:
+        if self.event_log == "kafka" and not self.kafka_bootstrap:
+            raise ValueError("event_log=kafka needs kafka_bootstrap (HERALD_KAFKA_BOOTSTRAP)")
+        return self
+
     def key(self, *parts: str | int) -> str:
         """A Redis key under this deployment's prefix."""
         return self.key_prefix + ":".join(str(p) for p in parts)
+
+    def send_rate_per_s(self, channel: str, lane: str) -> float:
+        """The send rate ceiling of one (push channel, lane) sender."""
+        if channel == "apns":
+            provider, marketing = self.apns_rate_per_s, self.marketing_apns_rate_per_s
+        else:
+            provider, marketing = self.fcm_rate_per_s, self.marketing_fcm_rate_per_s
+        return min(provider, marketing) if lane == "marketing" else provider
 
     def with_overrides(self, **overrides: Any) -> HeraldSettings:
         """A copy with some fields replaced; validated like the original."""

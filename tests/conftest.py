@@ -3,6 +3,7 @@ once. Tests isolate themselves with fresh ids (uuid), never by restarting the wo
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ def stack(
         routers=1,
         api_keys={"test-admin": ["ingest", "admin"], "test-ingest": ["ingest"]},
         kafka_bootstrap=kafka.bootstrap,
+        # `make test` runs the log-sensitive tests a second time on the Kafka event log.
+        event_log=os.environ.get("HERALD_TEST_EVENT_LOG", "redis"),
         fallback_webhook_url=webhook.url,
         # Short backoff so a delivery that exhausts its attempts does so within a test.
         retry_base_s=0.2,

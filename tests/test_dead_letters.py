@@ -4,9 +4,11 @@ replays them with `herald dlq`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
+import pytest
 import redis
 from typer.testing import CliRunner
 
@@ -14,6 +16,7 @@ from cluster.cli import app
 from cluster.dead_letters import list_dead_letters
 from cluster.demo import apns_token, wait_final
 from tests.test_e2e import register
+from tests.test_kafka import produce
 
 
 def cli(stack, *args: str) -> str:
@@ -39,26 +42,34 @@ def wait_for(predicate, timeout_s: float = 60.0):
     return value
 
 
+@pytest.mark.eventlog
 def test_poison_event_is_dead_lettered_and_does_not_block(stack, api, uid):
-    client = redis.Redis.from_url(stack.settings.redis_url)
     # Written straight into the log, as a buggy producer or a bad replay could: not JSON.
-    client.xadd(
-        stack.settings.key("stream", "transactional"),
-        {"e": f"{{poison {uid}", "at": repr(time.time())},
-    )
+    poison = f"{{poison {uid}"
+    if stack.settings.event_log == "kafka":
+        topic = stack.settings.kafka_log_topic_prefix + "transactional"
+        asyncio.run(produce(stack.settings.kafka_bootstrap, topic, [poison.encode()]))
+    else:
+        client = redis.Redis.from_url(stack.settings.redis_url)
+        client.xadd(
+            stack.settings.key("stream", "transactional"), {"e": poison, "at": repr(time.time())}
+        )
     answer = api.post("/v1/events", json={"events": [order(f"after-{uid}", f"pu-{uid}")]})
     assert answer.status_code == 202
     status = wait_final(api, [f"after-{uid}"], timeout_s=60)[f"after-{uid}"]
     assert status["state"] == "delivered", status
 
+    # Each of the `poison_attempts` tries comes after the entry sat unacked for claim_idle_ms.
     dead = wait_for(
-        lambda: [d for d in list_dead_letters(stack.settings, 10_000) if uid in json.dumps(d)]
+        lambda: [d for d in list_dead_letters(stack.settings, 10_000) if uid in json.dumps(d)],
+        timeout_s=150,
     )
     assert dead[0]["kind"] == "event"
     assert dead[0]["reason"] == "routing failed repeatedly"
     assert uid in cli(stack, "list", "--count", "10000")
 
 
+@pytest.mark.eventlog
 def test_exhausted_delivery_is_dead_lettered_then_replayed(stack, api, emulators, uid):
     user, token = f"dl-{uid}", apns_token()
     register(api, user, "ios", token)

@@ -7,6 +7,7 @@ import json
 import time
 
 import httpx
+import pytest
 import ray
 from websockets.sync.client import connect
 
@@ -29,6 +30,7 @@ def register(api: httpx.Client, user: str, platform: str, token: str) -> str:
     return answer.json()["device_id"]
 
 
+@pytest.mark.eventlog
 def test_order_update_reaches_every_channel(stack, api, emulators, uid):
     user = f"u-{uid}"
     ios, android, web = apns_token(), fcm_token(), fcm_token()

@@ -6,6 +6,7 @@ reports lost / duplicated / retried / dead-lettered counts (bench/results/faults
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,11 +20,13 @@ import pyarrow as pa
 import pytest
 import ray
 import redis
+from aiokafka.errors import KafkaError
 
 from cluster.dead_letters import dlq_key
 from cluster.demo import apns_token, fcm_token
 from cluster.importer import import_devices
 from cluster.names import router_name, sender_name, shard_name
+from tests.test_kafka import produce
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
@@ -66,9 +69,10 @@ class Scenario:
         self.owner: dict[str, str] = {}
         self.fault_error: Exception | None = None
 
-    def post_all(self, fault_at: float | None = None, fault=None) -> None:
-        """Post every update in batches of 250; producers retry what was not accepted with
-        the same event ids (that is what idempotency keys are for)."""
+    def post_all(self, fault_at: float | None = None, fault=None, kafka=None) -> None:
+        """Post every update in batches of 250 (or produce them to Kafka, one record per
+        batch); producers retry what was not accepted with the same event ids (that is what
+        idempotency keys are for)."""
         events = [
             {"event_id": f"{u}-{k}", "type": "order.updated", "user_id": u,
              "order_id": f"o{k}", "status": "shipped"}
@@ -82,7 +86,10 @@ class Scenario:
             if i == fault_batch:
                 fault_thread = threading.Thread(target=self._capture(fault), daemon=True)
                 fault_thread.start()
-            self._post_until_logged(batch)
+            if kafka is not None:
+                self._produce_until_acked(kafka, batch)
+            else:
+                self._post_until_logged(batch)
         if fault_thread is not None:
             fault_thread.join(timeout=120)
             assert not fault_thread.is_alive(), "the fault did not finish"
@@ -112,6 +119,23 @@ class Scenario:
                 pass
             assert time.monotonic() < deadline, "Herald did not take events for 2 minutes"
             time.sleep(0.5)
+
+    def _produce_until_acked(self, kafka, batch: list[dict]) -> None:
+        """A Kafka producer with acks=all, retried until the broker has the record."""
+        value = json.dumps({"events": batch}).encode()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                asyncio.run(
+                    asyncio.wait_for(
+                        produce(kafka.bootstrap, self.stack.settings.kafka_topic, [value]), 10
+                    )
+                )
+                self.accepted += [e["event_id"] for e in batch]
+                return
+            except (KafkaError, OSError, TimeoutError):
+                assert time.monotonic() < deadline, "Kafka did not take events for 2 minutes"
+                time.sleep(0.5)
 
     def wait_settled(self, deliveries: int = 2, timeout_s: float = 240) -> dict[str, dict]:
         """Every accepted notification's `deliveries` (push + inbox) in a final state."""
@@ -212,6 +236,8 @@ class Scenario:
 def _save(name: str, result: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if os.environ.get("HERALD_TEST_EVENT_LOG") == "kafka":
+        name += " (kafka event log)"
     data[name] = {**result, "command": "make test (tests/test_faults.py)"}
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -242,11 +268,12 @@ def scenario(stack, api, emulators, uid):
     redis.Redis.from_url(stack.settings.redis_url).delete(dlq_key(stack.settings))
 
 
+@pytest.mark.eventlog
 def test_actors_killed_mid_stream(stack, scenario):
     s = scenario()
     ns = stack.settings.namespace
 
-    victims = (shard_name(0), router_name(0), sender_name("apns"))
+    victims = (shard_name(0), router_name(0), sender_name("apns", "transactional"))
     killed: dict[str, int] = {}
 
     def fault() -> None:
@@ -296,3 +323,18 @@ def test_redis_killed_and_restarted(stack, scenario):
 
     s.post_all(fault_at=0.5, fault=fault)
     s.check("redis_restart")
+
+
+@pytest.mark.eventlog
+def test_kafka_connection_dropped_and_restored(stack, scenario, kafka):
+    """Events produced to Kafka while the broker connection drops for 3 s and comes back:
+    the ingestor (and, on the Kafka event log, the routers) reconnect and lose nothing."""
+    s = scenario()
+
+    def fault() -> None:
+        kafka.proxy.cut()
+        time.sleep(3)
+        kafka.proxy.restore()
+
+    s.post_all(fault_at=0.4, fault=fault, kafka=kafka)
+    s.check("kafka_drop")

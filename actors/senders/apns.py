@@ -65,8 +65,9 @@ def _protocol_for(host: str, port: int) -> type[APNsProductionClientProtocol]:
 
 
 class ApnsClient:
-    def __init__(self, settings: HeraldSettings) -> None:
+    def __init__(self, settings: HeraldSettings, lane: str = "transactional") -> None:
         self.settings = settings
+        self.lane = lane
         self.client: APNs | None = None
         self.limiter: AsyncLimiter | None = None
         self.in_flight: asyncio.Semaphore | None = None
@@ -90,7 +91,7 @@ class ApnsClient:
             err_func=self._quiet,
         )
         self.client.pool.protocol_class = _protocol_for(s.apns_host, s.apns_port)
-        self.limiter = AsyncLimiter(s.apns_rate_per_s, 1)
+        self.limiter = AsyncLimiter(s.send_rate_per_s("apns", self.lane), 1)
         self.in_flight = asyncio.Semaphore(s.apns_concurrency)
 
     async def _quiet(self, request: NotificationRequest, result: object) -> None:

@@ -83,8 +83,9 @@ def retry_after(error: Exception | None) -> float | None:
 
 
 class FcmClient:
-    def __init__(self, settings: HeraldSettings) -> None:
+    def __init__(self, settings: HeraldSettings, lane: str = "transactional") -> None:
         self.settings = settings
+        self.lane = lane
         self.app: firebase_admin.App | None = None
         self.limiter: AsyncLimiter | None = None
         self.in_flight: asyncio.Semaphore | None = None
@@ -102,7 +103,7 @@ class FcmClient:
             f"{s.fcm_endpoint.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
         )
         self._own_http_client(service, s.fcm_ca_file)
-        self.limiter = AsyncLimiter(s.fcm_rate_per_s, 1)
+        self.limiter = AsyncLimiter(s.send_rate_per_s("fcm", self.lane), 1)
         # send_each_async puts a whole chunk in flight: chunk size is the concurrency bound.
         self.chunk = min(BATCH, s.fcm_concurrency)
         self.in_flight = asyncio.Semaphore(max(1, s.fcm_concurrency // self.chunk))

@@ -16,6 +16,8 @@ from pipelines.order_updates import ORDER_STATUSES
 
 ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,128}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1–128 of A–Z a–z 0–9 . _ : @ -")]
+# A notification id is its event_id, or `<event_id>:<user_id>` for events that fan out.
+NOTIFICATION_ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,257}$"
 
 APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
 # FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters.
@@ -105,7 +107,46 @@ class OrderUpdated(BaseModel):
     status: Literal[ORDER_STATUSES]  # type: ignore[valid-type]
 
 
-Event = Annotated[OrderUpdated, Field(discriminator="type")]
+ProductId = Annotated[
+    str, Field(min_length=1, max_length=128, description="A catalogue product id, 1–128 chars")
+]
+Price = Annotated[float, Field(gt=0, lt=1e12, allow_inf_nan=False, description="> 0")]
+WISHLIST_MAX = 1000
+
+
+class PriceDropped(BaseModel):
+    """A product got cheaper; goes to every user whose wishlist holds it, in the marketing
+    lane. Each (event, user) is one notification, id `<event_id>:<user_id>`."""
+
+    model_config = ConfigDict(extra="allow")  # product details ride along in the log
+
+    event_id: Identifier = Field(description="Producer-chosen idempotency key")
+    type: Literal["price.dropped"]
+    product_id: ProductId
+    old_price: Price
+    new_price: Price
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
+    title: str | None = Field(None, min_length=1, max_length=200, description="Product name")
+
+    @model_validator(mode="after")
+    def _is_a_drop(self) -> PriceDropped:
+        if self.new_price >= self.old_price:
+            raise ValueError("new_price: must be lower than old_price")
+        return self
+
+
+Event = Annotated[OrderUpdated | PriceDropped, Field(discriminator="type")]
+
+
+class WishlistIn(Contract):
+    product_ids: list[ProductId] = Field(
+        max_length=WISHLIST_MAX, description="The whole wishlist; replaces the previous one"
+    )
+
+
+class WishlistOut(BaseModel):
+    user_id: str
+    product_ids: list[str] = Field(description="As stored: duplicates dropped, order kept")
 
 
 class EventsIn(Contract):
