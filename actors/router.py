@@ -292,7 +292,13 @@ class EventRouter:
         retry_lane: str = "transactional",
     ) -> None:
         """One call per (channel, lane) sender; then every outcome recorded in one Redis
-        pipeline. Each row goes to its own lane's sender, retries included."""
+        pipeline. Each row goes to its own lane's sender, retries included.
+
+        A delivery appears at most once per call (its furthest attempt): two copies would
+        each join both answers, and every retry round would then double its chains."""
+        deliveries = deliveries.sort("attempt", descending=True).unique(
+            subset="delivery_id", keep="first", maintain_order=True
+        )
         if deliveries.height == 0:
             return
         parts = deliveries.partition_by("channel", "lane", as_dict=True)
