@@ -236,30 +236,29 @@ class Node:
         raise NotImplementedError
 
 
-class AllOf(Node, RootModel[list["Segment"]]):
+class _Combination(Node, RootModel[list["Segment"]]):
+    """all / any: one horizontal reduction over the children's expressions."""
+
+    LEAF: ClassVar[bool] = False
+    COMBINE: ClassVar[Any]
+    root: list[Segment] = Field(min_length=1, max_length=MAX_ITEMS)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {self.KEY: [child.to_spec() for child in self.root]}
+
+    def expr(self, ctx: _Compiler) -> pl.Expr:
+        parts = [child.expr(ctx) for child in self.root]
+        return parts[0] if len(parts) == 1 else type(self).COMBINE(parts)
+
+
+class AllOf(_Combination):
     KEY: ClassVar[str] = "all"
-    LEAF: ClassVar[bool] = False
-    root: list[Segment] = Field(min_length=1, max_length=MAX_ITEMS)
-
-    def to_spec(self) -> dict[str, Any]:
-        return {self.KEY: [child.to_spec() for child in self.root]}
-
-    def expr(self, ctx: _Compiler) -> pl.Expr:
-        parts = [child.expr(ctx) for child in self.root]
-        return parts[0] if len(parts) == 1 else pl.all_horizontal(parts)
+    COMBINE: ClassVar[Any] = staticmethod(pl.all_horizontal)
 
 
-class AnyOf(Node, RootModel[list["Segment"]]):
+class AnyOf(_Combination):
     KEY: ClassVar[str] = "any"
-    LEAF: ClassVar[bool] = False
-    root: list[Segment] = Field(min_length=1, max_length=MAX_ITEMS)
-
-    def to_spec(self) -> dict[str, Any]:
-        return {self.KEY: [child.to_spec() for child in self.root]}
-
-    def expr(self, ctx: _Compiler) -> pl.Expr:
-        parts = [child.expr(ctx) for child in self.root]
-        return parts[0] if len(parts) == 1 else pl.any_horizontal(parts)
+    COMBINE: ClassVar[Any] = staticmethod(pl.any_horizontal)
 
 
 class Not(Node, RootModel["Segment"]):

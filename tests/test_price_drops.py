@@ -11,7 +11,6 @@ import time
 import httpx
 import pytest
 import ray
-from aiokafka import AIOKafkaProducer
 
 from cluster.dead_letters import list_dead_letters
 from cluster.demo import apns_token, fcm_token, wait_final
@@ -19,15 +18,7 @@ from cluster.names import shard_name
 from cluster.sharding import shard_of
 from tests.test_api import fields_of
 from tests.test_e2e import received_for, register
-
-
-async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        await asyncio.gather(*[producer.send_and_wait(topic, v) for v in values])
-    finally:
-        await producer.stop()
+from tests.test_kafka import produce
 
 
 def put_wishlist(api: httpx.Client, user: str, products: list[str]) -> httpx.Response:
