@@ -84,6 +84,7 @@ class LocalStack:
         self.apns: Emulator | None = None
         self.fcm: Emulator | None = None
         self.settings: HeraldSettings | None = None
+        self._owns_ray = False
 
     @property
     def api_url(self) -> str:
@@ -125,7 +126,8 @@ class LocalStack:
 
     def start_ray(self) -> None:
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             ray.init(
                 num_cpus=self.num_cpus,
                 namespace=self.settings.namespace,
@@ -143,7 +145,10 @@ class LocalStack:
     def stop(self) -> None:
         try:
             if ray.is_initialized():
-                serve.shutdown()
+                if not self._owns_ray:
+                    serve.shutdown()
+                # A Ray instance we started takes Serve's actors down with it; a graceful
+                # serve.shutdown() first only waits 30 s for the proxy to drain.
                 ray.shutdown()
         finally:
             for part in (self.fcm, self.apns, self.redis):
