@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve import Application
 
 from actors.senders.inbox import inbox_keys
+from cluster import metrics
 from cluster.api.auth import Scope, check_key
 from cluster.api.errors import ApiError, BodySizeLimit, install_error_handlers
 from cluster.api.schemas import (
@@ -157,6 +158,8 @@ class HeraldIngress:
             *[self._actor(sender_name(c, lane)).ping.remote() for c, lane in senders(self.settings)]
         )
         backlog = {lane: await self.events.lag(lane) for lane in LANES}
+        for lane, size in backlog.items():
+            metrics.set_backlog(lane, size)
         return {"shards": shards, "routers": routers, "senders": pings, "log_backlog": backlog}
 
     def _actor(self, name: str) -> ray.actor.ActorHandle:
@@ -261,6 +264,7 @@ class HeraldIngress:
             (e.event_id, LANE_OF_TYPE[e.type], e.model_dump(mode="json")) for e in body.events
         ]
         fresh = await self.events.append(triples)
+        metrics.record_ingested([e.type for e in body.events], [t[1] for t in triples], fresh)
         return EventsAccepted(
             accepted=[t[0] for t, new in zip(triples, fresh, strict=True) if new],
             duplicate=[t[0] for t, new in zip(triples, fresh, strict=True) if not new],

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 
+from cluster import metrics
 from cluster.api.schemas import Event
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.event_log import LANE_OF_TYPE, open_event_log
@@ -113,8 +114,12 @@ class KafkaIngestor:
                             dlq_key(self.settings), dead_letter_fields("kafka", where, reason)
                         )
                         self.counts["dead_lettered"] += 1
+                        metrics.count_dead_letters("kafka", 1)
             fresh = await self.log.append(triples)
             await pipe.execute()
+            if triples:
+                types = [event["type"] for _, _, event in triples]
+                metrics.record_ingested(types, [lane for _, lane, _ in triples], fresh)
             self.counts["accepted"] += sum(fresh)
             self.counts["duplicate"] += len(fresh) - sum(fresh)
             await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})

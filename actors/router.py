@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 import ray
 
+from cluster import metrics
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
@@ -244,6 +245,7 @@ class EventRouter:
             pipe.xadd(dlq_key(self.settings), fields)
         await pipe.execute()
         await self.log.ack(lane, entries["entry_id"].to_list())
+        metrics.count_dead_letters("event", entries.height)
         self.counts["dead_lettered_events"] += entries.height
 
     # --- retries -------------------------------------------------------------------------
@@ -385,6 +387,8 @@ class EventRouter:
         for row in hopeless.select(*_DELIVERY_COLUMNS, "attempts", "error").iter_rows(named=True):
             reason = row.pop("error") or "failed"
             pipe.xadd(dlq_key(self.settings), dead_letter_fields("delivery", row, reason))
+        metrics.record_answers(answered)
+        metrics.count_dead_letters("delivery", hopeless.height)
         self.counts["delivered"] += int((answered["outcome"] == "delivered").sum())
         self.counts["retry_scheduled"] += to_retry.height
         self.counts["dead_lettered"] += hopeless.height

@@ -77,6 +77,8 @@ class LocalStack:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.http_port = http_port or free_port()
+        # Ray's Prometheus endpoint for this node (Herald's metrics are `ray_herald_*`).
+        self.metrics_port = free_port()
         self.num_cpus = num_cpus
         self.dashboard = dashboard
         self.overrides = overrides
@@ -89,6 +91,10 @@ class LocalStack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def api_key(self) -> str:
@@ -133,6 +139,7 @@ class LocalStack:
                 namespace=self.settings.namespace,
                 include_dashboard=self.dashboard,
                 log_to_driver=False,
+                _metrics_export_port=self.metrics_port,
             )
         serve.start(http_options={"host": self.settings.http_host, "port": self.http_port})
 

@@ -1,0 +1,123 @@
+"""Herald's metrics, on `ray.util.metrics`: Ray exports them on every node's Prometheus
+endpoint (`ray start --metrics-export-port`, or the port in
+`/tmp/ray/prom_metrics_service_discovery.json`), with Ray's `ray_` prefix — so
+`herald_notifications_total` is scraped as `ray_herald_notifications_total`.
+
+Metrics are recorded per batch from columns: one `group_by` per batch, then one `inc` per
+(channel, lane, outcome) group. Ray's histogram takes one value per call, so the latency
+histogram observes at most `LATENCY_SAMPLE` deliveries per batch and group (a uniform
+sample; its `_count` is the sample size, `herald_notifications_total` is the exact count).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from functools import cache
+
+import polars as pl
+from ray.util.metrics import Counter, Gauge, Histogram
+
+log = logging.getLogger("herald.metrics")
+LATENCY_SAMPLE = 64
+LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]
+
+
+@cache
+def ingested() -> Counter:
+    return Counter(
+        "herald_events_ingested_total",
+        description="Events offered to the API or the Kafka ingestor, by type, lane and result.",
+        tag_keys=("type", "lane", "result"),
+    )
+
+
+@cache
+def notifications() -> Counter:
+    return Counter(
+        "herald_notifications_total",
+        description="Provider answers per delivery attempt, by channel, lane and outcome "
+        "(delivered, retry, dead_token, failed).",
+        tag_keys=("channel", "lane", "outcome"),
+    )
+
+
+@cache
+def latency() -> Histogram:
+    return Histogram(
+        "herald_delivery_latency_seconds",
+        description="Event accepted to provider acknowledged, delivered attempts (sampled).",
+        boundaries=LATENCY_BOUNDARIES,
+        tag_keys=("channel", "lane"),
+    )
+
+
+@cache
+def dead_letters() -> Counter:
+    return Counter(
+        "herald_dead_letters_total",
+        description="Entries written to the dead-letter stream, by kind.",
+        tag_keys=("kind",),
+    )
+
+
+@cache
+def log_backlog() -> Gauge:
+    return Gauge(
+        "herald_log_backlog",
+        description="Event-log entries not yet acknowledged, per lane.",
+        tag_keys=("lane",),
+    )
+
+
+def _never_raises(record: Callable[..., None]) -> Callable[..., None]:
+    """Metrics must never fail a delivery: a broken metric is logged, not raised."""
+
+    @functools.wraps(record)
+    def safe(*args, **kwargs) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception:  # noqa: BLE001
+            log.warning("metrics: %s failed", record.__name__, exc_info=True)
+
+    return safe
+
+
+@_never_raises
+def record_ingested(types: list[str], lanes: list[str], fresh: list[bool]) -> None:
+    frame = pl.DataFrame({"type": types, "lane": lanes, "fresh": fresh})
+    counts = frame.group_by("type", "lane", "fresh").len()
+    for type_, lane, fresh_, n in counts.iter_rows():
+        result = "accepted" if fresh_ else "duplicate"
+        ingested().inc(n, tags={"type": type_, "lane": lane, "result": result})
+
+
+@_never_raises
+def record_answers(answered: pl.DataFrame) -> None:
+    """One batch of provider answers (`channel`, `lane`, `outcome`, `accepted_at`,
+    `acked_at` columns)."""
+    if answered.height == 0:
+        return
+    for channel, lane, outcome, n in (
+        answered.group_by("channel", "lane", "outcome").len().iter_rows()
+    ):
+        notifications().inc(n, tags={"channel": channel, "lane": lane, "outcome": outcome})
+    delivered = answered.filter(pl.col("outcome") == "delivered").select(
+        "channel", "lane", (pl.col("acked_at") - pl.col("accepted_at")).alias("seconds")
+    )
+    for (channel, lane), group in delivered.group_by("channel", "lane"):
+        sample = group.sample(min(group.height, LATENCY_SAMPLE))
+        for seconds in sample["seconds"]:
+            latency().observe(max(0.0, seconds), tags={"channel": channel, "lane": lane})
+
+
+@_never_raises
+def count_dead_letters(kind: str, n: int) -> None:
+    if n:
+        dead_letters().inc(n, tags={"kind": kind})
+
+
+@_never_raises
+def set_backlog(lane: str, size: int) -> None:
+    log_backlog().set(size, tags={"lane": lane})
