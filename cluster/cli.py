@@ -168,6 +168,31 @@ def dlq_replay(
     typer.echo(f"replayed {n} dead letter(s)")
 
 
+@app.command()
+def synth(
+    users: Annotated[int, typer.Option(min=1, help="Number of synthetic users.")] = 100_000,
+    seed_: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same files.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory to write the Parquet files to.")] = Path(
+        "synth"
+    ),
+) -> None:
+    """Write a synthetic population (users, devices, wishlists, products as Parquet) and its
+    hidden ground-truth engagement model (ground_truth.json)."""
+    import time
+
+    from models.synth import synthesize
+
+    started = time.perf_counter()
+    paths = synthesize(users, seed_, out)
+    took = time.perf_counter() - started
+    for name in ("users", "devices", "wishlists", "products"):
+        path = getattr(paths, name)
+        size = path.stat().st_size / 1e6
+        typer.echo(f"{name}: {path} ({paths.rows[name]:,} rows, {size:.1f} MB)")
+    typer.echo(f"ground truth: {paths.ground_truth}")
+    typer.echo(f"took {took:.2f} s")
+
+
 def _reachable(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
