@@ -193,6 +193,53 @@ def synth(
     typer.echo(f"took {took:.2f} s")
 
 
+@app.command()
+def status(
+    api_url: Annotated[
+        str | None, typer.Option("--api", envvar="HERALD_API_URL", help="Herald's base URL.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--key", envvar="HERALD_API_KEY", help="An admin API key.")
+    ] = None,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """Herald at a glance: readiness, shard sizes, log backlog, router and sender counters
+    (from `/readyz` and `/v1/admin/stats`; defaults to the local stack `make run` started)."""
+    info = StackInfo.load(data_dir)
+    api_url = api_url or (info.api_url if info else "http://127.0.0.1:8000")
+    api_key = api_key or (info.api_key if info else None)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpx.Client(base_url=api_url, headers=headers, timeout=10) as api:
+            ready = api.get("/readyz")
+            stats = api.get("/v1/admin/stats")
+    except httpx.HTTPError as exc:
+        typer.echo(f"Herald at {api_url} is not reachable: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if stats.status_code != 200:
+        typer.echo(f"GET /v1/admin/stats: {stats.status_code} {stats.text}", err=True)
+        raise typer.Exit(2)
+    down = [name for name, up in ready.json().get("checks", {}).items() if not up]
+    body = stats.json()
+    shards = body["shards"]
+    total = {k: sum(s[k] for s in shards) for k in ("profiles", "devices", "active_devices")}
+    typer.echo(f"Herald at {api_url}: {'ready' if not down else 'NOT READY: ' + ', '.join(down)}")
+    typer.echo(
+        f"shards: {len(shards)}  users {total['profiles']:,}  devices {total['devices']:,} "
+        f"({total['active_devices']:,} active)"
+    )
+    typer.echo("log backlog: " + "  ".join(f"{k} {v:,}" for k, v in body["log_backlog"].items()))
+    counters: dict[str, int] = {}
+    for router in body["routers"]:
+        for key, value in router.items():
+            if key != "router":
+                counters[key] = counters.get(key, 0) + value
+    typer.echo("routers: " + "  ".join(f"{k} {v:,}" for k, v in sorted(counters.items())))
+    sent = "  ".join(f"{s['channel']}/{s['lane']} {s['sent']:,}" for s in body["senders"])
+    typer.echo(f"sent: {sent}")
+    raise typer.Exit(0 if not down else 1)
+
+
 def _reachable(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
