@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,7 +91,7 @@ class TansuBroker:
             [str(TANSU), "broker", "--listener-url", f"tcp://127.0.0.1:{self.broker_port}",
              "--advertised-listener-url", advertised],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(Path(tempfile.gettempdir()) / f"tansu-{self.broker_port}.log", "w"),  # noqa: SIM115
             env={**os.environ, "RUST_LOG": "warn"},
         )  # fmt: skip
         deadline = time.monotonic() + 20
