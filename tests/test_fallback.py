@@ -6,20 +6,13 @@ from __future__ import annotations
 import time
 
 from cluster.demo import apns_token, wait_final
+from tests.test_dead_letters import wait_for
 from tests.test_e2e import register
 
 
 def order(event_id: str, user: str) -> dict:
     return {"event_id": event_id, "type": "order.updated", "user_id": user,
             "order_id": "fb1", "status": "delayed"}  # fmt: skip
-
-
-def wait_for(predicate, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
-    return value
 
 
 def channels(api, nid: str) -> dict[str, str]:
