@@ -233,7 +233,8 @@ class Node:
         return {self.KEY: self.model_dump(mode="json")}  # type: ignore[attr-defined]
 
     def expr(self, ctx: _Compiler) -> pl.Expr:
-        raise NotImplementedError
+        """Abstract: every concrete node (leaf or combination) compiles itself."""
+        raise NotImplementedError(f"{type(self).__name__} must define expr()")
 
 
 class _Combination(Node, RootModel[list["Segment"]]):
