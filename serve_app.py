@@ -25,13 +25,19 @@ from cluster import metrics
 from cluster.api.auth import Scope, check_key
 from cluster.api.errors import ApiError, BodySizeLimit, install_error_handlers
 from cluster.api.schemas import (
+    CAMPAIGN_ID_PATTERN,
     ID_PATTERN,
     NOTIFICATION_ID_PATTERN,
+    CampaignAccepted,
+    CampaignIn,
+    CampaignStatus,
     DeviceIn,
     DeviceOut,
     ErrorResponse,
     EventsAccepted,
     EventsIn,
+    FeedbackAccepted,
+    FeedbackIn,
     Inbox,
     NotificationStatus,
     PreferencesIn,
@@ -40,20 +46,23 @@ from cluster.api.schemas import (
     WishlistOut,
 )
 from cluster.bootstrap import ensure_actors
+from cluster.campaigns import CampaignStore, campaign_of
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
-from cluster.names import router_name, sender_name, senders, shard_name
+from cluster.names import fanout_name, router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
 
 UserId = Annotated[str, Path(pattern=ID_PATTERN)]
+CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN)]
 Auth = Annotated[str | None, Header(alias="Authorization")]
 ERRORS = {
     400: {"model": ErrorResponse},
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
     404: {"model": ErrorResponse},
+    409: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
 }
@@ -75,6 +84,15 @@ api.add_middleware(BodySizeLimit, limit=body_limit)
 def _minutes(hhmm: str) -> int:
     hours, minutes = hhmm.split(":")
     return int(hours) * 60 + int(minutes)
+
+
+def _unknown_campaign(campaign_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "not_found",
+        f"no campaign {campaign_id!r}",
+        fields=[{"field": "campaign_id", "reason": "unknown campaign"}],
+    )
 
 
 def _overall_state(record: dict) -> str:
@@ -103,6 +121,7 @@ class HeraldIngress:
         self.redis = aioredis.Redis.from_url(settings.redis_url)
         self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)
+        self.campaigns = CampaignStore(settings, self.redis)
         ensure_actors(settings)
         self.shards = [
             ray.get_actor(shard_name(i), namespace=settings.namespace)
@@ -125,6 +144,7 @@ class HeraldIngress:
         """Ready when Redis answers and every shard, router and sender answers within 2 s."""
         names = [shard_name(i) for i in range(self.settings.shards)]
         names += [router_name(i) for i in range(self.settings.routers)]
+        names += [fanout_name(i) for i in range(self.settings.fanout_workers)]
         names += [sender_name(c, lane) for c, lane in senders(self.settings)]
 
         async def up(name: str) -> bool:
@@ -302,6 +322,106 @@ class HeraldIngress:
             suppressed_reason=record["suppressed"],
             deliveries=deliveries,
         )
+
+    # --- campaigns and feedback ------------------------------------------------------------
+    @api.post("/v1/campaigns", status_code=202, tags=["campaigns"])
+    async def post_campaign(
+        self, campaign: CampaignIn, response: Response, authorization: Auth = None
+    ) -> CampaignAccepted:
+        """Accept a campaign; it starts at `send_at` (or now) in the marketing lane. Posting
+        the same campaign again is a no-op (200); another body under the same id is a 409."""
+        self._auth(authorization, "ingest")
+        spec = campaign.model_dump(mode="json")
+        created, previous = await self.campaigns.create(spec)
+        if not created:
+            if previous is None or json.loads(previous) != spec:
+                raise ApiError(
+                    409,
+                    "conflict",
+                    f"campaign {campaign.campaign_id!r} exists with another definition",
+                    fields=[{"field": "campaign_id", "reason": "already used"}],
+                )
+            response.status_code = 200
+        status = await self.campaigns.get(campaign.campaign_id)
+        return CampaignAccepted(
+            campaign_id=campaign.campaign_id,
+            state=status["state"],
+            send_at=status["send_at"],
+            created=created,
+        )
+
+    @api.get("/v1/campaigns/{campaign_id}", tags=["campaigns"])
+    async def get_campaign(
+        self, campaign_id: CampaignId, authorization: Auth = None
+    ) -> CampaignStatus:
+        """Progress: who was targeted, suppressed (by reason), selected, deferred to the
+        end of quiet hours, sent, delivered, failed; per-variant sends and feedback."""
+        self._auth(authorization, "ingest")
+        status = await self.campaigns.get(campaign_id)
+        if status is None:
+            raise _unknown_campaign(campaign_id)
+        return CampaignStatus.model_validate(status)
+
+    @api.delete("/v1/campaigns/{campaign_id}", tags=["campaigns"])
+    async def cancel_campaign(
+        self, campaign_id: CampaignId, authorization: Auth = None
+    ) -> CampaignStatus:
+        """Cancel what is not sent yet (including pushes held for quiet hours). A finished
+        campaign stays `done`."""
+        self._auth(authorization, "ingest")
+        if await self.campaigns.cancel(campaign_id) is None:
+            raise _unknown_campaign(campaign_id)
+        return CampaignStatus.model_validate(await self.campaigns.get(campaign_id))
+
+    @api.post("/v1/feedback", tags=["campaigns"])
+    async def post_feedback(
+        self, feedback: FeedbackIn, authorization: Auth = None
+    ) -> FeedbackAccepted:
+        """What the user did with a notification. Counted once per (notification, action);
+        a campaign's counts per variant steer its Thompson sampling, and every action lands
+        in the feedback stream the next model is trained on."""
+        self._auth(authorization, "ingest")
+        nid = feedback.notification_id
+        record = await self.state.get(nid)
+        if record is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no notification {nid!r}",
+                fields=[{"field": "notification_id", "reason": "unknown id"}],
+            )
+        meta = record["meta"]
+        if meta.get("user_id") != feedback.user_id:
+            raise ApiError(
+                422,
+                "invalid",
+                "the notification was not sent to this user",
+                fields=[{"field": "user_id", "reason": "not the notification's recipient"}],
+            )
+        now = time.time()
+        counted = bool(await self.redis.hsetnx(self.state.key(nid), f"fb:{feedback.action}", now))
+        if counted:
+            pipe = self.redis.pipeline(transaction=False)
+            campaign_id = campaign_of(nid)
+            if campaign_id is not None and meta.get("variant_id"):
+                field = f"variant:{meta['variant_id']}:{feedback.action}"
+                pipe.hincrby(self.campaigns.key(campaign_id), field, 1)
+            pipe.xadd(
+                self.settings.key("feedback"),
+                {
+                    "notification_id": nid,
+                    "user_id": feedback.user_id,
+                    "action": feedback.action,
+                    "type": meta.get("type") or "",
+                    "campaign_id": campaign_id or "",
+                    "variant_id": meta.get("variant_id") or "",
+                    "at": now,
+                },
+                maxlen=self.settings.feedback_stream_max,
+                approximate=True,
+            )
+            await pipe.execute()
+        return FeedbackAccepted(notification_id=nid, action=feedback.action, counted=counted)
 
     # --- inbox ---------------------------------------------------------------------------
     @api.get("/v1/users/{user_id}/inbox", tags=["inbox"])

@@ -30,16 +30,18 @@ import polars as pl
 import pyarrow as pa
 import ray
 
+from actors.fanout_worker import freq_key, sent_users_key
 from cluster import metrics
+from cluster.campaigns import SEPARATOR, CampaignStore
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
-from cluster.names import PUSH_CHANNELS, sender_name, shard_name
+from cluster.names import PUSH_CHANNELS, fanout_name, sender_name, shard_name
 from cluster.retry_schedule import RetrySchedule
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
 from cluster.tables.deliveries import DELIVERIES
-from pipelines import order_updates, price_drops
+from pipelines import campaigns, order_updates, price_drops
 
 log = logging.getLogger("herald.router")
 
@@ -75,6 +77,7 @@ class EventRouter:
         self.redis = self.log.redis
         self.state = DeliveryState(settings, self.redis)
         self.retries = RetrySchedule(settings, self.redis)
+        self.campaigns = CampaignStore(settings, self.redis)
         self._tasks: list[asyncio.Task] = []
         self._handles: dict[str, ray.actor.ActorHandle] = {}
         self._failures: Counter[str] = Counter()
@@ -91,6 +94,7 @@ class EventRouter:
                 self._tasks.append(asyncio.create_task(self._run(lane, consumer)))
         for lane in LANES:
             self._tasks.append(asyncio.create_task(self._run_retries(lane)))
+        self._tasks.append(asyncio.create_task(self._run_campaigns()))
 
     async def start(self) -> None:
         """Wait until the read loops run (bootstrap calls it to surface startup errors)."""
@@ -264,6 +268,194 @@ class EventRouter:
                 log.exception("router: retry batch failed; it comes back after its lease")
                 await asyncio.sleep(0.5)
 
+    # --- campaigns -----------------------------------------------------------------------
+    async def _run_campaigns(self) -> None:
+        """Take due campaigns (leased, like retries) one at a time and fan them out."""
+        while True:
+            try:
+                due = await self.campaigns.take_due(1)
+                if not due:
+                    await asyncio.sleep(0.5)
+                    continue
+                for campaign_id in due:
+                    await self._run_campaign(campaign_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("router: campaign fan-out failed; it resumes after its lease")
+                await asyncio.sleep(1.0)
+
+    async def _run_campaign(self, campaign_id: str) -> None:
+        """Plan every shard in the worker pool, keep the global top-k, then stream each
+        shard's deliveries from its worker and send them batch by batch. Shards finished
+        are recorded, so a resumed campaign (after a crash) only redoes the rest, and
+        deliveries already recorded are skipped."""
+        spec = await self.campaigns.spec(campaign_id)
+        state = await self.campaigns.state(campaign_id)
+        if spec is None or state in ("done", "cancelled"):
+            await self.redis.zrem(self.campaigns.due_key, campaign_id)
+            return
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.campaign_lease_s / 3)
+                await self.campaigns.renew(campaign_id)
+
+        keeper = asyncio.create_task(renew())
+        try:
+            version = await self._worker(0).model_version.remote()
+            version, resumed = await self.campaigns.start(campaign_id, version)
+            now = time.time()
+            done = await self.campaigns.shards_done(campaign_id)
+            todo = [s for s in range(self.settings.shards) if s not in done]
+            stats = await self.campaigns.variant_stats(
+                campaign_id, [v["variant_id"] for v in spec["variants"]]
+            )
+            snapshots = await asyncio.gather(*[self._shard(s).snapshot.remote() for s in todo])
+            plans = await asyncio.gather(
+                *[
+                    self._worker(s).plan.remote(spec, snap, now, stats, resumed)
+                    for s, snap in zip(todo, snapshots, strict=True)
+                ]
+            )
+            for shard, (_, counts) in zip(todo, plans, strict=True):
+                shard_only = {k: v for k, v in counts.items() if k not in ("selected", "deferred")}
+                await self.campaigns.record_plan(campaign_id, shard, shard_only)
+            chosen = pl.concat(
+                [
+                    pl.from_arrow(table).with_columns(shard=pl.lit(shard, dtype=pl.Int32))
+                    for shard, (table, _) in zip(todo, plans, strict=True)
+                ],
+                how="vertical_relaxed",
+            )
+            chosen = campaigns.top(chosen, spec.get("audience_limit"))
+            if not resumed:  # a resumed campaign re-plans only who is left
+                await self.campaigns.record_selection(
+                    campaign_id, chosen.height, int(chosen["send_after"].is_not_null().sum())
+                )
+            accepted_at = now  # a campaign's deliveries count their latency from its start
+            for shard, snap in zip(todo, snapshots, strict=True):
+                mine = chosen.filter(pl.col("shard") == shard).drop("shard")
+                if not await self._stream_shard(campaign_id, spec, shard, snap, mine, accepted_at):
+                    return  # cancelled
+                await self.campaigns.shard_done(campaign_id, shard)
+            await self.campaigns.finish(campaign_id)
+            self.counts["campaigns"] += 1
+        finally:
+            keeper.cancel()
+
+    async def _stream_shard(
+        self,
+        campaign_id: str,
+        spec: dict,
+        shard: int,
+        snapshot: dict,
+        chosen: pl.DataFrame,
+        accepted_at: float,
+    ) -> bool:
+        """Send one shard's deliveries as its worker streams them; False when cancelled."""
+        if chosen.height == 0:
+            return True
+        stream = (
+            self._worker(shard)
+            .render.options(
+                num_returns="streaming",
+                _generator_backpressure_num_objects=self.settings.fanout_in_flight,
+            )
+            .remote(spec, snapshot, chosen.to_arrow(), accepted_at)
+        )
+        async for ref in stream:
+            if await self.campaigns.state(campaign_id) == "cancelled":
+                return False
+            await self._campaign_batch(campaign_id, pl.from_arrow(await ref))
+        return True
+
+    async def _campaign_batch(self, campaign_id: str, batch: pl.DataFrame) -> None:
+        """Record as queued (deferred ones too) → hold the quiet-hours ones in the marketing
+        retry set until their window ends → send the rest → count the users for the
+        frequency cap, the campaign's dedup set and the bandit's per-variant sends."""
+        batch = batch.filter(~(await self.state.finished(batch)))
+        if batch.height == 0:
+            return
+        users = batch.unique("notification_id", keep="first", maintain_order=True)
+        meta = campaigns.meta(batch, campaign_id)
+        await self.state.record_routed(batch.select(_DELIVERY_COLUMNS), pl.DataFrame(), meta)
+        held = (pl.col("send_after") > time.time()).fill_null(False)
+        later, now = batch.filter(held), batch.filter(~held)
+        if later.height:
+            pipe = self.redis.pipeline(transaction=False)
+            self.retries.defer(
+                later.select(*_DELIVERY_COLUMNS, "send_after").with_columns(attempt=pl.lit(0)),
+                pipe,
+            )
+            await pipe.execute()
+        await self._send(now.select(_DELIVERY_COLUMNS).with_columns(attempt=pl.lit(0)))
+        pipe = self.redis.pipeline(transaction=False)
+        sent_key = sent_users_key(self.settings, campaign_id)
+        pipe.sadd(sent_key, *users["user_id"].to_list())
+        pipe.expire(sent_key, self.settings.notification_ttl_s)
+        for (day,), group in users.group_by("local_day"):
+            key = freq_key(self.settings, day)
+            for user in group["user_id"]:
+                pipe.hincrby(key, user, 1)
+            pipe.expire(key, 3 * 86_400)
+        for variant, n in users.group_by("variant_id").len().iter_rows():
+            pipe.hincrby(self.campaigns.key(campaign_id), f"variant:{variant}:sent", n)
+        await pipe.execute()
+
+    async def _drop_cancelled(
+        self, deliveries: pl.DataFrame, retry_members: list | None, retry_lane: str
+    ) -> pl.DataFrame:
+        """Campaign deliveries of a cancelled campaign are not sent: recorded `cancelled`,
+        counted, and (when they came from the retry set) removed from it."""
+        campaign = (
+            pl.when(pl.col("notification_id").str.contains(SEPARATOR, literal=True))
+            .then(pl.col("notification_id").str.split(SEPARATOR).list.first())
+            .alias("campaign_id")
+        )
+        ids = deliveries.select(campaign)["campaign_id"].drop_nulls().unique().to_list()
+        cancelled = await self.campaigns.cancelled(ids)
+        if not cancelled:
+            return deliveries
+        tagged = deliveries.with_columns(campaign)
+        dropped = tagged.filter(pl.col("campaign_id").is_in(list(cancelled)))
+        pipe = self.redis.pipeline(transaction=True)
+        self.state.record_results(
+            dropped.with_columns(
+                outcome=pl.lit("failed"),
+                error=pl.lit("campaign cancelled"),
+                acked_at=pl.lit(None, dtype=pl.Float64),
+                attempts=pl.col("attempt"),
+            ),
+            pipe,
+            status="cancelled",
+        )
+        for (cid,), group in dropped.group_by("campaign_id"):
+            pipe.hincrby(self.campaigns.key(cid), "cancelled", group.height)
+        if retry_members and deliveries.height == dropped.height:
+            self.retries.done(retry_members, pipe, retry_lane)
+        await pipe.execute()
+        return tagged.filter(~pl.col("campaign_id").is_in(list(cancelled))).drop("campaign_id")
+
+    def _count_campaigns(self, answered: pl.DataFrame, pipe) -> None:
+        """Per campaign: deliveries sent (first attempts), delivered, and failed for good."""
+        rows = answered.filter(pl.col("notification_id").str.contains(SEPARATOR, literal=True))
+        if rows.height == 0:
+            return
+        out_of_attempts = (pl.col("outcome") == "retry") & (
+            pl.col("attempts") >= self.settings.retry_max_attempts
+        )
+        counts = rows.group_by(
+            pl.col("notification_id").str.split(SEPARATOR).list.first().alias("campaign_id")
+        ).agg(
+            sent=(pl.col("attempt") == 0).sum(),
+            delivered=(pl.col("outcome") == "delivered").sum(),
+            failed=(pl.col("outcome").is_in(["failed", "dead_token"]) | out_of_attempts).sum(),
+        )
+        for row in counts.iter_rows(named=True):
+            cid = row.pop("campaign_id")
+            self.campaigns.count(pipe, cid, **row)
+
     # --- sending and recording -----------------------------------------------------------
     async def _audience(self, user_ids: list[str]) -> pl.DataFrame:
         """One lookup call per shard that owns any of these users, all in parallel."""
@@ -301,6 +493,8 @@ class EventRouter:
         deliveries = deliveries.sort("attempt", descending=True).unique(
             subset="delivery_id", keep="first", maintain_order=True
         )
+        if deliveries.height and (deliveries["lane"] == "marketing").any():
+            deliveries = await self._drop_cancelled(deliveries, retry_members, retry_lane)
         if deliveries.height == 0:
             return
         parts = deliveries.partition_by("channel", "lane", as_dict=True)
@@ -387,6 +581,7 @@ class EventRouter:
         for row in hopeless.select(*_DELIVERY_COLUMNS, "attempts", "error").iter_rows(named=True):
             reason = row.pop("error") or "failed"
             pipe.xadd(dlq_key(self.settings), dead_letter_fields("delivery", row, reason))
+        self._count_campaigns(answered, pipe)
         metrics.record_answers(answered)
         metrics.count_dead_letters("delivery", hopeless.height)
         self.counts["delivered"] += int((answered["outcome"] == "delivered").sum())
@@ -409,6 +604,10 @@ class EventRouter:
 
     def _shard(self, index: int) -> ray.actor.ActorHandle:
         return self._handle(shard_name(index))
+
+    def _worker(self, shard: int) -> ray.actor.ActorHandle:
+        """Shard i is planned by worker i mod pool size: spreads shards over the pool."""
+        return self._handle(fanout_name(shard % self.settings.fanout_workers))
 
     def _sender(self, channel: str, lane: str) -> ray.actor.ActorHandle:
         return self._handle(sender_name(channel, lane))

@@ -1,9 +1,12 @@
-"""UserShard: the owner of one hash range of users — their devices, profiles, preferences
-and wishlists.
+"""UserShard: the owner of one hash range of users — their devices, profiles, preferences,
+wishlists, activity (last_active_at) and category affinities.
 
 Columns, not objects: each table is a `KeyedTable` of polars columns, looked up a batch of
 users at a time. Writes go to Redis first (one pipeline per batch) and then to memory, so a
 restarted shard (`max_restarts`) rebuilds exactly what it had acknowledged.
+
+`snapshot()` hands fan-out workers the whole shard as two Arrow tables in the object store
+(one row per user; one row per active device), rebuilt only when a write happened since.
 """
 
 from __future__ import annotations
@@ -12,16 +15,33 @@ import time
 
 import polars as pl
 import pyarrow as pa
+import ray
 import redis
 
 from actors.columnar import GroupedTable, KeyedTable
 from cluster.settings import HeraldSettings
+from cluster.tables.activity import ACTIVITY
+from cluster.tables.affinities import AFFINITIES, AFFINITY_COLUMNS
 from cluster.tables.devices import DEVICES
 from cluster.tables.preferences import DEFAULTS, PREFERENCES
 from cluster.tables.profiles import PROFILES
 from cluster.tables.wishlists import WISHLISTS
 
 _HSCAN_COUNT = 10_000
+_HSET_FIELDS = 5_000  # fields per HSET command inside a pipeline
+
+# The preference columns a snapshot carries (defaults filled in for users without a row).
+SNAPSHOT_PREFERENCES = (
+    "push",
+    "inbox",
+    "email",
+    "cat_marketing",
+    "quiet_start_min",
+    "quiet_end_min",
+    "max_marketing_per_day",
+)
+# Columns of a user row that go to the profiles table (the rest: activity, affinities).
+_PROFILE_COLUMNS = ("user_id", "country", "locale", "timezone", "attributes", "updated_at")
 
 
 class UserShard:
@@ -35,10 +55,16 @@ class UserShard:
             "devices": KeyedTable(DEVICES, "device_id"),
             "profiles": KeyedTable(PROFILES, "user_id"),
             "preferences": KeyedTable(PREFERENCES, "user_id"),
+            "activity": KeyedTable(ACTIVITY, "user_id"),
+            "affinities": KeyedTable(AFFINITIES, "user_id"),
         }
         # (user_id, product_id) rows; a user's rows are replaced as a group.
         self.wishlists = GroupedTable(WISHLISTS, "user_id")
         self.started_at = time.time()
+        # Bumped by every write; starts from the clock (µs) so a restarted shard never
+        # reuses a version its previous life handed out.
+        self.version = time.time_ns() // 1_000
+        self._snapshot: dict | None = None
         self._rebuild()
         self._rebuild_wishlists()
 
@@ -71,20 +97,36 @@ class UserShard:
             rows.rename({"product_ids": "product_id"}).drop_nulls("product_id")
         )
 
-    def _write_through(self, name: str, frame: pl.DataFrame) -> None:
+    def _queue_hset(self, pipe, name: str, frame: pl.DataFrame) -> None:
+        """Queue HSETs of `frame`'s rows (one hash field per key, the row as JSON) on `pipe`.
+
+        JSON is encoded column-wise by polars; the field/value pairs are interleaved into
+        one flat list per command, without a Python dict per chunk."""
+        key_column = self.tables[name].key
         encoded = frame.select(
-            pl.col(self.tables[name].key).alias("k"), pl.struct(pl.all()).struct.json_encode()
+            pl.col(key_column).alias("k"), pl.struct(pl.all()).struct.json_encode().alias("v")
         )
+        keys, values = encoded["k"].to_list(), encoded["v"].to_list()
         key = self._redis_key(name)
+        for start in range(0, len(keys), _HSET_FIELDS):
+            stop = start + _HSET_FIELDS
+            flat: list[str] = [None] * (2 * len(keys[start:stop]))  # type: ignore[list-item]
+            flat[0::2] = keys[start:stop]
+            flat[1::2] = values[start:stop]
+            pipe.execute_command("HSET", key, *flat)
+
+    def _write_through(self, name: str, frame: pl.DataFrame) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for chunk in encoded.iter_slices(5_000):
-            pipe.hset(key, mapping=dict(zip(chunk["k"], chunk[chunk.columns[1]], strict=True)))
+        self._queue_hset(pipe, name, frame)
         pipe.execute()
 
     def _upsert(self, name: str, rows: pa.Table | pl.DataFrame) -> int:
         frame = self.tables[name].conform(rows)
+        if frame.height == 0:
+            return 0
         self._write_through(name, frame)
         self.tables[name].upsert(frame)
+        self.version += 1
         return frame.height
 
     # --- writes --------------------------------------------------------------------------
@@ -96,6 +138,43 @@ class UserShard:
 
     def upsert_preferences(self, rows: pa.Table) -> int:
         return self._upsert("preferences", rows)
+
+    def upsert_activity(self, rows: pa.Table) -> int:
+        """(user_id, last_active_at Float64 epoch s) rows."""
+        return self._upsert("activity", rows)
+
+    def upsert_affinities(self, rows: pa.Table) -> int:
+        """(user_id, affinity_<category> Float32...) rows; a missing category is null."""
+        return self._upsert("affinities", rows)
+
+    def upsert_users(self, rows: pa.Table) -> int:
+        """Bulk import of user rows in the synth `users.parquet` shape (user_id, country,
+        locale, timezone, attributes, last_active_at, affinity_<category>...; any subset
+        beyond user_id): profiles, activity and affinities written through to Redis in one
+        pipeline, then to memory. A table is written only if `rows` has one of its columns
+        (affinities: any `affinity_` column). Returns the number of users."""
+        frame = rows if isinstance(rows, pl.DataFrame) else pl.from_arrow(rows)
+        if frame.height == 0:
+            return 0
+        columns = set(frame.columns)
+        parts: dict[str, pl.DataFrame] = {}
+        if columns & (set(_PROFILE_COLUMNS) - {"user_id", "updated_at"}):
+            if "updated_at" not in columns:
+                frame = frame.with_columns(updated_at=pl.lit(time.time()))
+            parts["profiles"] = self.tables["profiles"].conform(frame)
+        if "last_active_at" in columns:
+            parts["activity"] = self.tables["activity"].conform(frame)
+        if columns & set(AFFINITY_COLUMNS):
+            parts["affinities"] = self.tables["affinities"].conform(frame)
+        pipe = self.redis.pipeline(transaction=False)
+        for name, part in parts.items():
+            self._queue_hset(pipe, name, part)
+        pipe.execute()
+        for name, part in parts.items():
+            self.tables[name].upsert(part)
+        if parts:
+            self.version += 1
+        return frame.height
 
     def replace_wishlists(self, rows: pa.Table, user_ids: list[str] | None = None) -> int:
         """Replace the wishlists of `user_ids` (default: the users in `rows`) with the
@@ -119,6 +198,7 @@ class UserShard:
             pipe.hdel(key, *emptied.slice(start, 5_000).to_list())
         pipe.execute()
         self.wishlists.replace(frame, users)
+        self.version += 1
         return frame.height
 
     def deactivate_devices(self, device_ids: list[str]) -> int:
@@ -167,6 +247,70 @@ class UserShard:
         )
         return joined.join(devices, on="user_id", how="left")
 
+    # --- snapshots -----------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The shard as of now, for fan-out workers: `{"version", "users", "devices",
+        "users_count", "devices_count"}`, `users` and `devices` being `ray.ObjectRef`s of
+        Arrow tables (inside a dict, so Ray hands the refs over instead of resolving them;
+        `ray.get` gives a zero-copy table).
+
+        - users: one row per user the shard knows — `pipelines.segments.users_frame` (with
+          activity and affinities) plus `timezone`, the `SNAPSHOT_PREFERENCES` columns with
+          `DEFAULTS` filled in, and `has_push_device` (an active device on any platform).
+        - devices: active devices only — user_id, device_id, platform, token.
+
+        Cached: rebuilt only when a write happened since (`version` changed). The refs of
+        the cached snapshot stay alive while it is cached; an older one lives on as long as
+        a worker still holds its refs. The objects are owned by this actor, so they are
+        lost with it (a restarted shard builds new ones)."""
+        if self._snapshot is not None and self._snapshot["version"] == self.version:
+            return self._snapshot
+        version = self.version
+        users, devices = self._snapshot_frames()
+        self._snapshot = {
+            "version": version,
+            "users": ray.put(users.to_arrow()),
+            "devices": ray.put(devices.to_arrow()),
+            "users_count": users.height,
+            "devices_count": devices.height,
+        }
+        return self._snapshot
+
+    def _snapshot_frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        from pipelines.segments import users_frame
+
+        profiles = self.tables["profiles"].frame()
+        all_devices = self.tables["devices"].frame()
+        users = users_frame(
+            profiles,
+            all_devices.select("user_id", "platform", "active"),
+            self.wishlists.frame(),
+            activity=self.tables["activity"].frame(),
+            affinities=self.tables["affinities"].frame(),
+        )
+        prefs = self.tables["preferences"].frame().select("user_id", *SNAPSHOT_PREFERENCES)
+        users = (
+            users.join(
+                profiles.select("user_id", "timezone"),
+                on="user_id",
+                how="left",
+                maintain_order="left",
+            )
+            .join(prefs, on="user_id", how="left", maintain_order="left")
+            .with_columns(
+                [
+                    pl.col(name).fill_null(DEFAULTS[name])
+                    for name in SNAPSHOT_PREFERENCES
+                    if DEFAULTS[name] is not None
+                ]
+                + [(pl.col("platforms").list.len() > 0).alias("has_push_device")]
+            )
+        )
+        devices = all_devices.filter(pl.col("active")).select(
+            "user_id", "device_id", "platform", "token"
+        )
+        return users, devices
+
     def stats(self) -> dict[str, int]:
         devices = self.tables["devices"].frame()
         return {
@@ -176,6 +320,8 @@ class UserShard:
             "profiles": len(self.tables["profiles"]),
             "preferences": len(self.tables["preferences"]),
             "wishlist_rows": len(self.wishlists),
+            "activity": len(self.tables["activity"]),
+            "affinities": len(self.tables["affinities"]),
             "device_bytes": devices.estimated_size(),
         }
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ray
 
+from actors.fanout_worker import FanoutWorker
 from actors.kafka_ingestor import KafkaIngestor
 from actors.router import EventRouter
 from actors.sender import ChannelSender
 from actors.user_shard import UserShard
-from cluster.names import INGESTOR, router_name, sender_name, senders, shard_name
+from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldSettings
 
 
@@ -49,13 +50,20 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         .remote(settings, c, lane)
         for c, lane in senders(settings)
     ]
+    # Campaign planning is CPU-heavy columnar work: its own pool, off the routers' loops.
+    workers = [
+        ray.remote(FanoutWorker)
+        .options(**_options(settings, fanout_name(i), max_concurrency=16))
+        .remote(settings, i)
+        for i in range(settings.fanout_workers)
+    ]
     routers = [
         ray.remote(EventRouter)
         .options(**_options(settings, router_name(i), max_concurrency=1000))
         .remote(settings, i)
         for i in range(settings.routers)
     ]
-    ray.get([a.ping.remote() for a in shards + channel_senders], timeout=timeout_s)
+    ray.get([a.ping.remote() for a in shards + channel_senders + workers], timeout=timeout_s)
     ray.get([r.start.remote() for r in routers], timeout=timeout_s)
     if settings.kafka_bootstrap:
         ray.remote(KafkaIngestor).options(
@@ -67,6 +75,7 @@ def kill_actors(settings: HeraldSettings) -> None:
     """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
     names = [shard_name(i) for i in range(settings.shards)]
     names += [sender_name(c, lane) for c, lane in senders(settings)]
+    names += [fanout_name(i) for i in range(settings.fanout_workers)]
     names += [router_name(i) for i in range(settings.routers)] + [INGESTOR]
     for name in names:
         try:

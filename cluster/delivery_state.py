@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
 
-FINAL = ("delivered", "dead", "failed", "dead_lettered")
+FINAL = ("delivered", "dead", "failed", "dead_lettered", "cancelled")
 STATUS_OF_OUTCOME = {
     "delivered": "delivered",
     "retry": "retrying",
@@ -25,7 +25,8 @@ STATUS_OF_OUTCOME = {
     "failed": "failed",
 }
 # A delivery's life: queued → delivered | dead (token gone) | failed (cannot succeed) |
-# retrying → … → dead_lettered (out of attempts).
+# retrying → … → dead_lettered (out of attempts); a campaign's → cancelled when the campaign
+# is cancelled before it is sent.
 
 
 class DeliveryState:

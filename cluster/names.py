@@ -16,6 +16,10 @@ def router_name(index: int) -> str:
     return f"herald-router-{index}"
 
 
+def fanout_name(index: int) -> str:
+    return f"herald-fanout-{index}"
+
+
 def sender_name(channel: str, lane: str) -> str:
     """Each lane has its own sender per channel: its own connections, in-flight bound and
     rate limit, so a marketing fan-out never queues in front of an order update."""

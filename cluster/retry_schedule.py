@@ -57,6 +57,13 @@ class RetrySchedule:
             due = now + backoff_s(self.settings, row["attempt"], row.pop("retry_after_s", None))
             pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
 
+    def defer(self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline) -> None:
+        """Queue DELIVERIES rows (plus `attempt` and `send_after`, epoch s) to be sent first
+        at `send_after`: quiet hours hold a campaign's push in the same durable set."""
+        for row in rows.iter_rows(named=True):
+            due = row.pop("send_after")
+            pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
+
     async def take_due(
         self, limit: int = 500, lane: str = "transactional"
     ) -> tuple[list[bytes], pl.DataFrame]:

@@ -111,6 +111,25 @@ class HeraldSettings(BaseSettings):
         3, ge=1, description="Times an event may fail routing before it is dead-lettered."
     )
 
+    # --- campaigns -----------------------------------------------------------------------
+    fanout_workers: int = Field(
+        2, ge=1, le=1024, description="Fan-out worker actors that plan campaigns per shard."
+    )
+    campaign_lease_s: float = Field(
+        120.0,
+        gt=0,
+        description="A campaign taken by a router that dies is resumed by another after this.",
+    )
+    fanout_in_flight: int = Field(
+        4, ge=1, le=64, description="Delivery batches a campaign fan-out has in flight at most."
+    )
+    feedback_stream_max: int = Field(
+        10_000_000, ge=1000, description="Newest feedback actions kept in the feedback stream."
+    )
+    model_path: Path | None = Field(
+        None, description="Ranking model (skops) campaigns use; the shipped default when unset."
+    )
+
     # --- API -----------------------------------------------------------------------------
     api_keys: dict[str, list[Literal["ingest", "admin"]]] = Field(
         default_factory=lambda: {"dev-admin-key": ["ingest", "admin"]},

@@ -6,18 +6,23 @@ that names it, never a 500 further down and never a silent drop.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from models.synth import CATEGORIES, VARIANT_STYLES
 from pipelines.order_updates import ORDER_STATUSES
+from pipelines.segments import Segment
 
 ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,128}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1–128 of A–Z a–z 0–9 . _ : @ -")]
-# A notification id is its event_id, or `<event_id>:<user_id>` for events that fan out.
-NOTIFICATION_ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,257}$"
+# A notification id is its event_id, `<event_id>:<user_id>` for events that fan out, or
+# `<campaign_id>~<user_id>` for a campaign ("~" is in no other id, so it is unambiguous).
+NOTIFICATION_ID_PATTERN = r"^[A-Za-z0-9._:@~\-]{1,257}$"
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9._@\-]{1,64}$"
 
 APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
 # FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters.
@@ -161,7 +166,10 @@ class EventsAccepted(BaseModel):
 class DeliveryStatus(BaseModel):
     device_id: str
     channel: str
-    status: Literal["queued", "retrying", "delivered", "dead", "failed", "dead_lettered"]
+    status: Literal[
+        "queued", "retrying", "delivered", "dead", "failed", "dead_lettered",
+        "cancelled",
+    ]  # fmt: skip
     attempts: int
     last_error: str | None = None
     acked_at: float | None = None
@@ -206,3 +214,113 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- campaigns and feedback ------------------------------------------------------------------
+# What a provider takes in one message; checked per variant at the door (APNs: the JSON
+# payload; FCM v1: the message's notification and data), with room for Herald's own data.
+PROVIDER_PAYLOAD_BYTES = 4096
+HERALD_DATA_BYTES = 400  # notification_id, campaign_id, variant_id keys and values
+
+
+def payload_bytes(title: str, body: str, deeplink: str | None) -> int:
+    """Bytes of the APNs payload a variant becomes (the larger of the two providers')."""
+    data = {"deeplink": deeplink} if deeplink else {}
+    message = {"aps": {"alert": {"title": title, "body": body}, "sound": "default"}, **data}
+    return len(json.dumps(message, separators=(",", ":")).encode()) + HERALD_DATA_BYTES
+
+
+class Variant(Contract):
+    variant_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,32}$")]
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=2000)
+    deeplink: str | None = Field(None, max_length=1000)
+    style: Literal[VARIANT_STYLES] = Field(  # type: ignore[valid-type]
+        "plain", description="What kind of copy this is; a feature the ranker scores"
+    )
+
+    @model_validator(mode="after")
+    def _fits_providers(self) -> Variant:
+        size = payload_bytes(self.title, self.body, self.deeplink)
+        if size > PROVIDER_PAYLOAD_BYTES:
+            raise ValueError(
+                f"title, body and deeplink make a {size}-byte push payload; "
+                f"APNs and FCM take at most {PROVIDER_PAYLOAD_BYTES}"
+            )
+        return self
+
+
+class CampaignIn(Contract):
+    campaign_id: Annotated[str, Field(pattern=CAMPAIGN_ID_PATTERN)]
+    segment: Segment
+    variants: list[Variant] = Field(min_length=1, max_length=10)
+    channels: list[Literal["push", "inbox"]] = Field(
+        default_factory=lambda: ["push", "inbox"], min_length=1, max_length=2
+    )
+    category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
+        None, description="Product category the campaign is about; a ranking feature"
+    )
+    audience_limit: int | None = Field(None, ge=1, le=100_000_000)
+    score_threshold: float | None = Field(None, ge=0, le=1)
+    exploration: float = Field(
+        0.1, ge=0, le=1, description="Share of users given a Thompson-sampled variant"
+    )
+    respect_quiet_hours: bool = True
+    send_at: float | None = Field(
+        None, ge=0, description="Epoch seconds to start; now when absent or past"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CampaignIn:
+        ids = [v.variant_id for v in self.variants]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variants: variant_id values must be distinct")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels: listed twice")
+        return self
+
+
+class CampaignAccepted(BaseModel):
+    campaign_id: str
+    state: str
+    send_at: float
+    created: bool = Field(description="False when the same campaign was posted before")
+
+
+class VariantCounts(BaseModel):
+    sent: int = 0
+    opened: int = 0
+    clicked: int = 0
+    dismissed: int = 0
+
+
+class CampaignStatus(BaseModel):
+    campaign_id: str
+    state: Literal["scheduled", "running", "done", "cancelled"]
+    send_at: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    model_version: str | None = None
+    targeted: int = Field(0, description="Users in the segment")
+    eligible: int = Field(0, description="Targeted users not suppressed")
+    selected: int = Field(0, description="Eligible users kept by audience_limit / threshold")
+    deferred: int = Field(0, description="Selected users held to the end of quiet hours")
+    suppressed: dict[str, int] = Field(default_factory=dict)
+    sent: int = Field(0, description="Deliveries handed to the senders")
+    delivered: int = 0
+    failed: int = 0
+    cancelled: int = Field(0, description="Deliveries dropped by a cancellation")
+    variants: dict[str, VariantCounts] = Field(default_factory=dict)
+
+
+class FeedbackIn(Contract):
+    notification_id: Annotated[str, Field(pattern=NOTIFICATION_ID_PATTERN)]
+    user_id: Identifier
+    action: Literal["opened", "clicked", "dismissed"]
+
+
+class FeedbackAccepted(BaseModel):
+    notification_id: str
+    action: str
+    counted: bool = Field(description="False when this action was already recorded")

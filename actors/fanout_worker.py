@@ -1,0 +1,138 @@
+"""FanoutWorker: plans a campaign over one shard's snapshot and streams its deliveries.
+
+A pool of these (`HERALD_FANOUT_WORKERS`) does the heavy columnar work of campaigns, away
+from the routers' event loops: the snapshot comes zero-copy from the object store (the
+shard `ray.put` it once per version), the plan is polars and numpy in a thread, and the
+deliveries leave as Arrow batches through a Ray streaming generator whose backpressure
+(`fanout_in_flight` batches not yet taken by the router) keeps memory flat for any
+audience size.
+
+Marketing counts per user and day live in Redis (`{prefix}freq:<local day>`: user → count),
+read here before eligibility and incremented by the router after each batch is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import ray
+import redis.asyncio as aioredis
+
+from cluster.settings import HeraldSettings
+from models.ranker import Ranker, load_ranker
+from pipelines import campaigns
+from pipelines.eligibility import local_day
+
+_CHUNK = 10_000  # users per Redis command when reading counts
+
+
+def freq_key(settings: HeraldSettings, day: str) -> str:
+    return settings.key("freq", day)
+
+
+def sent_users_key(settings: HeraldSettings, campaign_id: str) -> str:
+    return settings.key("campaign", campaign_id, "users")
+
+
+class FanoutWorker:
+    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
+
+    def __init__(self, settings: HeraldSettings, index: int) -> None:
+        self.settings = settings
+        self.index = index
+        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.ranker: Ranker = load_ranker(settings.model_path)
+
+    async def ping(self) -> dict[str, Any]:
+        return {"worker": self.index, "model_version": self.ranker.version}
+
+    async def model_version(self) -> str:
+        return self.ranker.version
+
+    async def plan(
+        self,
+        campaign: dict[str, Any],
+        snapshot: dict[str, Any],
+        now: float,
+        variant_stats: list[list[int]] | None,
+        resumed: bool,
+    ) -> tuple[pa.Table, dict[str, int]]:
+        """The shard's chosen users (`campaigns.CHOSEN_COLUMNS`) and its counters."""
+        users = pl.from_arrow(await snapshot["users"])
+        hit = await asyncio.to_thread(campaigns.targeted, users, campaign, now)
+        sent_today = await self._sent_today(hit, now)
+        already = await self._already_sent(campaign["campaign_id"], hit) if resumed else None
+        rng = np.random.default_rng()
+        chosen, counts = await asyncio.to_thread(
+            campaigns.plan,
+            hit,
+            campaign,
+            now=now,
+            ranker=self.ranker,
+            variant_stats=variant_stats,
+            rng=rng,
+            sent_today=sent_today,
+            already_sent=already,
+        )
+        return chosen.to_arrow(), {"targeted": hit.height, **counts}
+
+    async def render(
+        self,
+        campaign: dict[str, Any],
+        snapshot: dict[str, Any],
+        chosen: pa.Table,
+        accepted_at: float,
+    ) -> AsyncIterator[pa.Table]:
+        """Deliveries of the chosen users in batches of about `batch_max_rows` rows (a
+        user's pushes and inbox item stay in one batch), rendered `RENDER_CHUNK_USERS` users
+        at a time. Called as a streaming generator: Ray holds it back when the router has
+        `fanout_in_flight` batches it has not taken yet."""
+        devices = pl.from_arrow(await snapshot["devices"])
+        frame = pl.from_arrow(chosen)
+        devices = devices.join(frame.select("user_id"), on="user_id", how="semi")
+        for start in range(0, frame.height, campaigns.RENDER_CHUNK_USERS):
+            part = frame.slice(start, campaigns.RENDER_CHUNK_USERS)
+            rows = await asyncio.to_thread(campaigns.render, part, devices, campaign, accepted_at)
+            for batch in campaigns.batches(rows, self.settings.batch_max_rows):
+                yield batch.to_arrow()
+
+    async def _sent_today(self, users: pl.DataFrame, now: float) -> pl.DataFrame | None:
+        if users.height == 0:
+            return None
+        days = users.select("user_id", day=local_day(users, now))
+        parts = []
+        for (day,), group in days.group_by("day"):
+            ids = group["user_id"]
+            pipe = self.redis.pipeline(transaction=False)
+            for start in range(0, ids.len(), _CHUNK):
+                pipe.hmget(freq_key(self.settings, day), ids.slice(start, _CHUNK).to_list())
+            values = [v for chunk in await pipe.execute() for v in chunk]
+            parts.append(
+                pl.DataFrame(
+                    {"user_id": ids, "count": pl.Series(values, dtype=pl.Binary)}
+                ).with_columns(pl.col("count").cast(pl.String).cast(pl.Int64).fill_null(0))
+            )
+        return pl.concat(parts)
+
+    async def _already_sent(self, campaign_id: str, users: pl.DataFrame) -> pl.Series | None:
+        ids = users["user_id"]
+        if ids.len() == 0:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, ids.len(), _CHUNK):
+            pipe.smismember(
+                sent_users_key(self.settings, campaign_id), ids.slice(start, _CHUNK).to_list()
+            )
+        flags = [bool(f) for chunk in await pipe.execute() for f in chunk]
+        return ids.filter(pl.Series(flags, dtype=pl.Boolean))
+
+
+def snapshot_tables(snapshot: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Both tables of a shard snapshot, for callers outside a worker (benchmarks, CLI)."""
+    users, devices = ray.get([snapshot["users"], snapshot["devices"]])
+    return pl.from_arrow(users), pl.from_arrow(devices)
