@@ -259,3 +259,33 @@ def features(
         out=out[:, :, _BASIC_X_DISCOUNT],
     )
     return out.reshape(n * v, len(FEATURE_COLUMNS))
+
+
+def linear_logits(
+    users: pl.DataFrame,
+    variants: pl.DataFrame,
+    *,
+    category: str | None,
+    now: float,
+    coef: np.ndarray,
+    intercept: float,
+) -> np.ndarray:
+    """(users.height, variants.height) float64 `features(...) @ coef + intercept`, without
+    building the (n·v, F) matrix: the user part once, then per variant a constant plus its
+    slopes on affinity and on tier_basic — exactly how `features` lays out the style and
+    interaction columns, so a linear model scores the same either way (tested)."""
+    coef = np.asarray(coef, dtype=np.float64).ravel()
+    if coef.shape[0] != len(FEATURE_COLUMNS):
+        raise ValueError(f"{coef.shape[0]} coefficients for {len(FEATURE_COLUMNS)} features")
+    user = user_features(users, category=category, now=now)  # float32, like the matrix
+    style = variant_features(variants).astype(np.float64)
+    base = (user @ coef[:_N_USER].astype(np.float32)).astype(np.float64) + float(intercept)
+    constant = style @ coef[_N_USER:_AFFINITY_X]
+    affinity_slope = style @ coef[_AFFINITY_X:_BASIC_X_DISCOUNT]
+    basic_slope = style[:, _DISCOUNT] * coef[_BASIC_X_DISCOUNT]
+    return (
+        base[:, None]
+        + constant[None, :]
+        + user[:, _U["affinity"], None] * affinity_slope[None, :]
+        + user[:, _U["tier_basic"], None] * basic_slope[None, :]
+    )

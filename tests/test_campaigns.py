@@ -276,6 +276,21 @@ def stack_redis(stack) -> redis.Redis:
     return redis.Redis.from_url(stack.settings.redis_url)
 
 
+def test_send_at_schedules_the_campaign(api, population, uid):
+    cid = f"later-{uid}"
+    send_at = time.time() + 6
+    body = campaign_body(
+        population["cohort"], cid, channels=["inbox"], audience_limit=10, send_at=send_at
+    )
+    accepted = api.post("/v1/campaigns", json=body).json()
+    assert accepted["state"] == "scheduled" and accepted["send_at"] == send_at
+    time.sleep(2)
+    assert api.get(f"/v1/campaigns/{cid}").json()["state"] == "scheduled"
+    status = wait_campaign(api, cid, timeout_s=60)
+    assert status["started_at"] >= send_at
+    assert status["selected"] == 10
+
+
 def test_cancel_mid_campaign(stack, api, emulators, population, uid):
     cid = f"cancel-{uid}"
     for emulator in emulators.values():

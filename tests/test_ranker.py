@@ -157,6 +157,19 @@ def test_features_shape_order_and_batch_independence(population: pl.DataFrame) -
             np.testing.assert_array_equal(alone[0], matrix[u * 3 + v])
 
 
+def test_linear_fast_path_scores_like_the_feature_matrix(
+    population: pl.DataFrame, ranker: Ranker
+) -> None:
+    """`Ranker.score` skips the (n·v, F) matrix for a logistic regression: same numbers as
+    predict_proba on `features`, for every style and with missing columns too."""
+    for users in (population.head(3000), population.head(500).drop("attributes", "platforms")):
+        for category in ("fashion", None):
+            fast = ranker.score(users, ALL_VARIANTS, category=category, now=NOW)
+            matrix = features(users, ALL_VARIANTS, category=category, now=NOW)
+            slow = ranker.model.predict_proba(matrix)[:, 1].reshape(fast.shape)
+            np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-7)
+
+
 def test_training_rows_are_the_serving_rows(population: pl.DataFrame) -> None:
     users = population.head(200)
     variant_index = np.random.default_rng(3).integers(0, len(STYLES), size=200)
