@@ -15,6 +15,7 @@ push per active device and/or an inbox item, all carrying the chosen variant.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -43,9 +44,6 @@ CHOSEN_COLUMNS = [
 _DELIVERY_COLUMNS = [field.name for field in DELIVERIES]
 RECORD_COLUMNS = ["send_after", "variant_id", "local_day"]
 RENDER_CHUNK_USERS = 50_000  # users rendered at once: bounds a fan-out's memory
-_CHANNELS = pl.DataFrame(
-    {"platform": list(CHANNEL_OF_PLATFORM), "channel": list(CHANNEL_OF_PLATFORM.values())}
-)
 
 
 def variants_frame(campaign: Mapping[str, Any]) -> pl.DataFrame:
@@ -107,14 +105,16 @@ def plan(
         audience_limit=campaign.get("audience_limit"),
         score_threshold=campaign.get("score_threshold"),
     )
+    mask = pl.Series(keep)
+    chosen = kept.select("user_id", "timezone", "send_push", "send_inbox", "send_after").filter(
+        mask
+    )
     chosen = (
-        kept.select("user_id", "send_push", "send_inbox", "send_after")
-        .with_columns(
-            variant_id=variants["variant_id"].gather(choice),
-            score=pl.Series(best, dtype=pl.Float64),
-            local_day=eligibility.local_day(kept, now),
+        chosen.with_columns(
+            variant_id=variants["variant_id"].gather(choice[keep]),
+            score=pl.Series(best[keep], dtype=pl.Float64),
+            local_day=eligibility.local_day(chosen, now),
         )
-        .filter(pl.Series(keep))
         .sort("score", descending=True, maintain_order=True)
         .select(CHOSEN_COLUMNS)
     )
@@ -154,45 +154,57 @@ def render(
 ) -> pl.DataFrame:
     """DELIVERIES rows for chosen users — a push per active device of a user who gets push,
     an inbox item per user who gets the inbox — plus what the router records per user:
-    `send_after`, `variant_id`, `local_day`. Rows of one user are adjacent."""
+    `send_after`, `variant_id`, `local_day`. Rows of one user are adjacent.
+
+    Content comes by gathering per-variant strings by variant index, and `data` is glued
+    from per-variant JSON fragments around the notification id (ids are pattern-checked:
+    no character needs escaping), which is several times faster than a join and a JSON
+    encoder per row."""
     cid = campaign["campaign_id"]
-    variants = variants_frame(campaign).drop("style")
-    users = chosen.with_row_index("order").select(
-        "order",
+    variants = variants_frame(campaign)
+    index = {v: i for i, v in enumerate(variants["variant_id"])}
+    tails = [
+        json.dumps(
+            {"type": TYPE, "campaign_id": cid, "variant_id": v, "deeplink": d},
+            separators=(",", ":"),
+        )[1:]
+        for v, d in zip(variants["variant_id"], variants["deeplink"], strict=True)
+    ]
+    users = chosen.select(
         "user_id",
-        "variant_id",
         "send_push",
         "send_inbox",
-        "send_after",
-        "local_day",
-        notification_id=pl.lit(cid + SEPARATOR) + pl.col("user_id"),
-    )
+        *RECORD_COLUMNS,
+        _v=pl.col("variant_id").replace_strict(index, return_dtype=pl.UInt32),
+    ).with_row_index("_order")
     pushes = (
         users.filter(pl.col("send_push"))
         .join(devices.select("user_id", "device_id", "platform", "token"), on="user_id")
-        .join(_CHANNELS, on="platform", how="inner")
+        .with_columns(
+            channel=pl.col("platform").replace_strict(CHANNEL_OF_PLATFORM, return_dtype=pl.String)
+        )
         .drop("platform")
     )
     inbox = users.filter(pl.col("send_inbox")).with_columns(
         device_id=pl.lit("inbox"), token=pl.lit(""), channel=pl.lit("inbox")
     )
-    rows = pl.concat([pushes, inbox], how="diagonal_relaxed").sort("order", maintain_order=True)
-    return (
-        rows.join(variants, on="variant_id", how="left")
-        .with_columns(
-            delivery_id=pl.col("notification_id") + "|" + pl.col("device_id"),
-            data=pl.struct(
-                notification_id=pl.col("notification_id"),
-                type=pl.lit(TYPE),
-                campaign_id=pl.lit(cid),
-                variant_id=pl.col("variant_id"),
-                deeplink=pl.col("deeplink"),
-            ).struct.json_encode(),
-            lane=pl.lit(LANE),
-            accepted_at=pl.lit(accepted_at, dtype=pl.Float64),
-        )
-        .select(*_DELIVERY_COLUMNS, *RECORD_COLUMNS)
-    )
+    rows = pl.concat([pushes, inbox], how="diagonal_relaxed").sort("_order")
+    v = rows["_v"]
+    nid = pl.lit(cid + SEPARATOR) + pl.col("user_id")
+    return rows.with_columns(
+        notification_id=nid,
+        delivery_id=pl.concat_str(nid, pl.lit("|"), pl.col("device_id")),
+        title=variants["title"].gather(v),
+        body=variants["body"].gather(v),
+        data=pl.concat_str(
+            pl.lit('{"notification_id":"'),
+            nid,
+            pl.lit('",'),
+            pl.Series(tails, dtype=pl.String).gather(v),
+        ),
+        lane=pl.lit(LANE),
+        accepted_at=pl.lit(accepted_at, dtype=pl.Float64),
+    ).select(*_DELIVERY_COLUMNS, *RECORD_COLUMNS)
 
 
 def meta(batch: pl.DataFrame, campaign_id: str) -> pl.DataFrame:
