@@ -38,5 +38,9 @@ format: install
 bench: install  ## transactional benchmark (writes bench/results/transactional.json)
 	$(BIN)/python bench/transactional.py
 
+load: install  ## 60 s of locust against the running stack (`make run`); CSV in bench/results/
+	$(BIN)/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 --headless \
+		-u 20 -r 5 -t 60s --csv bench/results/load --only-summary
+
 clean:
 	rm -rf .herald .pytest_cache

@@ -27,6 +27,7 @@ from cluster.api.errors import ApiError, BodySizeLimit, install_error_handlers
 from cluster.api.schemas import (
     CAMPAIGN_ID_PATTERN,
     ID_PATTERN,
+    MODEL_VERSION_PATTERN,
     NOTIFICATION_ID_PATTERN,
     CampaignAccepted,
     CampaignIn,
@@ -39,6 +40,8 @@ from cluster.api.schemas import (
     FeedbackAccepted,
     FeedbackIn,
     Inbox,
+    ModelDeployed,
+    ModelList,
     NotificationStatus,
     PreferencesIn,
     ProfileIn,
@@ -53,9 +56,11 @@ from cluster.names import fanout_name, router_name, sender_name, senders, shard_
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
+from models.registry import Registry
 
 UserId = Annotated[str, Path(pattern=ID_PATTERN)]
 CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN)]
+ModelVersion = Annotated[str, Path(pattern=MODEL_VERSION_PATTERN)]
 Auth = Annotated[str | None, Header(alias="Authorization")]
 ERRORS = {
     400: {"model": ErrorResponse},
@@ -95,6 +100,22 @@ def _unknown_campaign(campaign_id: str) -> ApiError:
     )
 
 
+def _model_error(version: str, exc: Exception) -> ApiError:
+    if isinstance(exc, KeyError):
+        return ApiError(
+            404,
+            "not_found",
+            f"no model version {version!r}",
+            fields=[{"field": "version", "reason": "not in the registry"}],
+        )
+    return ApiError(
+        422,
+        "model_refused",
+        f"model {version!r} cannot be deployed",
+        fields=[{"field": "version", "reason": str(exc)}],
+    )
+
+
 def _overall_state(record: dict) -> str:
     statuses = [d["status"] for d in record["deliveries"]]
     if not statuses:
@@ -122,6 +143,7 @@ class HeraldIngress:
         self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)
         self.campaigns = CampaignStore(settings, self.redis)
+        self.registry = Registry(settings.models_root)
         ensure_actors(settings)
         self.shards = [
             ray.get_actor(shard_name(i), namespace=settings.namespace)
@@ -422,6 +444,54 @@ class HeraldIngress:
             )
             await pipe.execute()
         return FeedbackAccepted(notification_id=nid, action=feedback.action, counted=counted)
+
+    # --- models ----------------------------------------------------------------------------
+    @api.get("/v1/models", tags=["models"])
+    async def list_models(self, authorization: Auth = None) -> ModelList:
+        """The registry: every version with its metrics, and the one deployed (admin)."""
+        self._auth(authorization, "admin")
+        current = await asyncio.to_thread(self.registry.current)
+        models = await asyncio.to_thread(self.registry.list)
+        return ModelList(current=current, models=models)
+
+    @api.post("/v1/models/{version}/deploy", tags=["models"])
+    async def deploy_model(
+        self, version: ModelVersion, authorization: Auth = None
+    ) -> ModelDeployed:
+        """Make `version` the ranker of new campaigns, in every fan-out worker, without a
+        restart; running campaigns finish on the version they started with (admin). A model
+        that does not load or does not match the feature contract is refused (422)."""
+        self._auth(authorization, "admin")
+        started = time.perf_counter()
+        try:
+            previous = await asyncio.to_thread(self.registry.deploy, version)
+        except (KeyError, ValueError) as exc:
+            raise _model_error(version, exc) from exc
+        workers = await self._reload_workers()
+        return ModelDeployed(
+            previous=previous, current=version, workers=workers,
+            took_s=time.perf_counter() - started,
+        )  # fmt: skip
+
+    @api.post("/v1/models/rollback", tags=["models"])
+    async def rollback_model(self, authorization: Auth = None) -> ModelDeployed:
+        """Back to the version deployed before the current one (admin)."""
+        self._auth(authorization, "admin")
+        started = time.perf_counter()
+        try:
+            previous = await asyncio.to_thread(self.registry.rollback)
+        except ValueError as exc:
+            raise ApiError(409, "nothing_to_roll_back", str(exc)) from exc
+        current = await asyncio.to_thread(self.registry.current)
+        workers = await self._reload_workers()
+        return ModelDeployed(
+            previous=previous, current=current, workers=workers,
+            took_s=time.perf_counter() - started,
+        )  # fmt: skip
+
+    async def _reload_workers(self) -> list[str]:
+        names = [fanout_name(i) for i in range(self.settings.fanout_workers)]
+        return list(await asyncio.gather(*[self._actor(n).reload.remote() for n in names]))
 
     # --- inbox ---------------------------------------------------------------------------
     @api.get("/v1/users/{user_id}/inbox", tags=["inbox"])

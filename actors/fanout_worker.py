@@ -24,8 +24,9 @@ import ray
 import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
-from models.ranker import Ranker, load_ranker
-from pipelines import campaigns
+from models.ranker import Ranker
+from models.registry import Registry
+from pipelines import campaigns, feedback_log
 from pipelines.eligibility import local_day
 
 _CHUNK = 10_000  # users per Redis command when reading counts
@@ -46,13 +47,31 @@ class FanoutWorker:
         self.settings = settings
         self.index = index
         self.redis = aioredis.Redis.from_url(settings.redis_url)
-        self.ranker: Ranker = load_ranker(settings.model_path)
+        self.registry = Registry(settings.models_root)
+        self.rankers: dict[str, Ranker] = {}
+        self.current = self.registry.current()
+        self._ranker(self.current)
+
+    def _ranker(self, version: str) -> Ranker:
+        """Every version this worker was asked for stays loaded: a campaign finishes on the
+        version it started with, whatever is deployed meanwhile."""
+        if version not in self.rankers:
+            self.rankers[version] = self.registry.load(version)
+        return self.rankers[version]
 
     async def ping(self) -> dict[str, Any]:
-        return {"worker": self.index, "model_version": self.ranker.version}
+        return {"worker": self.index, "model_version": self.current}
 
     async def model_version(self) -> str:
-        return self.ranker.version
+        return self.current
+
+    async def reload(self) -> str:
+        """Switch new campaigns to the registry's current version (loaded before the switch,
+        so no plan ever waits on a load or sees a half-loaded model)."""
+        version = await asyncio.to_thread(self.registry.current)
+        await asyncio.to_thread(self._ranker, version)
+        self.current = version
+        return version
 
     async def plan(
         self,
@@ -61,8 +80,11 @@ class FanoutWorker:
         now: float,
         variant_stats: list[list[int]] | None,
         resumed: bool,
+        model_version: str,
     ) -> tuple[pa.Table, dict[str, int]]:
-        """The shard's chosen users (`campaigns.CHOSEN_COLUMNS`) and its counters."""
+        """The shard's chosen users (`campaigns.CHOSEN_COLUMNS`) and its counters, ranked by
+        the campaign's own model version."""
+        ranker = await asyncio.to_thread(self._ranker, model_version)
         users = pl.from_arrow(await snapshot["users"])
         hit = await asyncio.to_thread(campaigns.targeted, users, campaign, now)
         sent_today = await self._sent_today(hit, now)
@@ -73,7 +95,7 @@ class FanoutWorker:
             hit,
             campaign,
             now=now,
-            ranker=self.ranker,
+            ranker=ranker,
             variant_stats=variant_stats,
             rng=rng,
             sent_today=sent_today,
@@ -87,13 +109,22 @@ class FanoutWorker:
         snapshot: dict[str, Any],
         chosen: pa.Table,
         accepted_at: float,
+        model_version: str,
     ) -> AsyncIterator[pa.Table]:
-        """Deliveries of the chosen users in batches of about `batch_max_rows` rows (a
+        """Log the sends (features as scored) to the feedback log, then stream the
+        deliveries of the chosen users in batches of about `batch_max_rows` rows (a
         user's pushes and inbox item stay in one batch), rendered `RENDER_CHUNK_USERS` users
         at a time. Called as a streaming generator: Ray holds it back when the router has
         `fanout_in_flight` batches it has not taken yet."""
         devices = pl.from_arrow(await snapshot["devices"])
         frame = pl.from_arrow(chosen)
+        users = pl.from_arrow(await snapshot["users"])
+        sent = feedback_log.sends(
+            frame, users, campaign, model_version=model_version, now=accepted_at
+        )
+        await asyncio.to_thread(
+            feedback_log.write, sent, self.settings.feedback_root, "sends", "sent_at"
+        )
         devices = devices.join(frame.select("user_id"), on="user_id", how="semi")
         for start in range(0, frame.height, campaigns.RENDER_CHUNK_USERS):
             part = frame.slice(start, campaigns.RENDER_CHUNK_USERS)

@@ -41,7 +41,7 @@ from cluster.retry_schedule import RetrySchedule
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
 from cluster.tables.deliveries import DELIVERIES
-from pipelines import campaigns, order_updates, price_drops
+from pipelines import campaigns, feedback_log, order_updates, price_drops
 
 log = logging.getLogger("herald.router")
 
@@ -95,6 +95,8 @@ class EventRouter:
         for lane in LANES:
             self._tasks.append(asyncio.create_task(self._run_retries(lane)))
         self._tasks.append(asyncio.create_task(self._run_campaigns()))
+        if self.index == 0:  # one exporter is enough; a restarted router 0 resumes it
+            self._tasks.append(asyncio.create_task(self._export_feedback()))
 
     async def start(self) -> None:
         """Wait until the read loops run (bootstrap calls it to surface startup errors)."""
@@ -314,7 +316,7 @@ class EventRouter:
             snapshots = await asyncio.gather(*[self._shard(s).snapshot.remote() for s in todo])
             plans = await asyncio.gather(
                 *[
-                    self._worker(s).plan.remote(spec, snap, now, stats, resumed)
+                    self._worker(s).plan.remote(spec, snap, now, stats, resumed, version)
                     for s, snap in zip(todo, snapshots, strict=True)
                 ]
             )
@@ -336,7 +338,10 @@ class EventRouter:
             accepted_at = now  # a campaign's deliveries count their latency from its start
             for shard, snap in zip(todo, snapshots, strict=True):
                 mine = chosen.filter(pl.col("shard") == shard).drop("shard")
-                if not await self._stream_shard(campaign_id, spec, shard, snap, mine, accepted_at):
+                streamed = await self._stream_shard(
+                    campaign_id, spec, shard, snap, mine, accepted_at, version
+                )
+                if not streamed:
                     return  # cancelled
                 await self.campaigns.shard_done(campaign_id, shard)
             await self.campaigns.finish(campaign_id)
@@ -352,6 +357,7 @@ class EventRouter:
         snapshot: dict,
         chosen: pl.DataFrame,
         accepted_at: float,
+        version: str,
     ) -> bool:
         """Send one shard's deliveries as its worker streams them; False when cancelled."""
         if chosen.height == 0:
@@ -362,7 +368,7 @@ class EventRouter:
                 num_returns="streaming",
                 _generator_backpressure_num_objects=self.settings.fanout_in_flight,
             )
-            .remote(spec, snapshot, chosen.to_arrow(), accepted_at)
+            .remote(spec, snapshot, chosen.to_arrow(), accepted_at, version)
         )
         async for ref in stream:
             if await self.campaigns.state(campaign_id) == "cancelled":
@@ -455,6 +461,38 @@ class EventRouter:
         for row in counts.iter_rows(named=True):
             cid = row.pop("campaign_id")
             self.campaigns.count(pipe, cid, **row)
+
+    async def _export_feedback(self) -> None:
+        """Move `POST /v1/feedback` actions from the Redis stream to the Parquet feedback
+        log, a batch at a time. The stream position is saved after the file is written, so a
+        crash in between writes a batch twice — harmless, training counts any action once."""
+        position_key = self.settings.key("feedback", "exported")
+        stream = self.settings.key("feedback")
+        while True:
+            try:
+                last = (await self.redis.get(position_key) or b"0-0").decode()
+                entries = await self.redis.xrange(stream, min=f"({last}", count=10_000)
+                if not entries:
+                    await asyncio.sleep(self.settings.feedback_export_s)
+                    continue
+                rows = pl.DataFrame(
+                    [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+                ).select(
+                    *[
+                        pl.col(name).cast(dtype)
+                        for name, dtype in feedback_log.ACTION_SCHEMA.items()
+                    ]
+                )
+                await asyncio.to_thread(
+                    feedback_log.write, rows, self.settings.feedback_root, "actions", "at"
+                )
+                await self.redis.set(position_key, entries[-1][0])
+                self.counts["feedback_exported"] += rows.height
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("router: feedback export failed; retrying")
+                await asyncio.sleep(5)
 
     # --- sending and recording -----------------------------------------------------------
     async def _audience(self, user_ids: list[str]) -> pl.DataFrame:

@@ -324,5 +324,174 @@ def _reachable(url: str) -> bool:
         return False
 
 
+# --- herald model: the model registry ---------------------------------------------------
+
+model = typer.Typer(
+    help="The ranking model registry: list, train, evaluate, deploy, roll back.",
+    no_args_is_help=True,
+)
+app.add_typer(model, name="model")
+
+ModelDir = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="HERALD_MODEL_DIR",
+        help="The model registry directory (default: <data-dir>/models).",
+    ),
+]
+
+
+def _registry(model_dir: Path | None, data_dir: Path):
+    from models.registry import Registry
+
+    return Registry(model_dir if model_dir is not None else data_dir / "models")
+
+
+def _refuse(exc: BaseException) -> typer.Exit:
+    """One line on stderr and exit status 2, for an unknown version or a refused model."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    typer.echo(f"error: {message}".splitlines()[0], err=True)
+    return typer.Exit(2)
+
+
+@model.command("list")
+def model_list(model_dir: ModelDir = None, data_dir: DataDir = Path(".herald")) -> None:
+    """Registered versions, newest first; `*` marks the deployed one."""
+    try:
+        versions = _registry(model_dir, data_dir).list()
+    except (KeyError, ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    for meta in versions:
+        metrics = meta.get("metrics") or {}
+        auc = metrics.get("holdout_auc")
+        auc_text = f"AUC {auc:.4f}  " if isinstance(auc, int | float) else ""
+        typer.echo(
+            f"{'*' if meta['current'] else ' '} {meta['version']:<22} "
+            f"{str(meta.get('registered_at', ''))[:19]:<19}  {auc_text}"
+            f"{str(meta.get('trained_on', ''))[:70]}"
+        )
+
+
+@model.command("show")
+def model_show(
+    version: Annotated[str, typer.Argument(help="A registered version.")],
+    model_dir: ModelDir = None,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """A version's metadata (JSON): metrics, training data, feature version, sha256."""
+    import json
+
+    try:
+        meta = _registry(model_dir, data_dir).show(version)
+    except (KeyError, ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    typer.echo(json.dumps(meta, indent=2, sort_keys=True))
+
+
+@model.command("deploy")
+def model_deploy(
+    version: Annotated[str, typer.Argument(help="A registered version.")],
+    model_dir: ModelDir = None,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """Point the registry at VERSION after loading it under the feature contract."""
+    try:
+        previous = _registry(model_dir, data_dir).deploy(version)
+    except (KeyError, ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    typer.echo(f"deployed {version} (previous: {previous})")
+
+
+@model.command("rollback")
+def model_rollback(model_dir: ModelDir = None, data_dir: DataDir = Path(".herald")) -> None:
+    """Re-deploy the version deployed before the current one."""
+    registry = _registry(model_dir, data_dir)
+    try:
+        previous = registry.rollback()
+    except (KeyError, ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    typer.echo(f"rolled back to {registry.current()} (previous: {previous})")
+
+
+@model.command("train")
+def model_train(
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="A feedback log: DIR/day=YYYY-MM-DD/*.parquet, or the cluster's feedback "
+            "directory (DIR/sends + DIR/actions)."
+        ),
+    ] = None,
+    synth_users: Annotated[
+        int | None, typer.Option(min=100, help="Train on simulated feedback of N synthetic users.")
+    ] = None,
+    register: Annotated[bool, typer.Option(help="Register the model in the registry.")] = False,
+    seed_: Annotated[int, typer.Option("--seed", help="Seed of the simulation.")] = 7,
+    holdout_share: Annotated[
+        float, typer.Option(min=0.01, max=0.99, help="Latest share of sends held out.")
+    ] = 0.2,
+    model_dir: ModelDir = None,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """Train a ranker on a feedback log or on simulated feedback; prints the hold-out
+    metrics (time-based split), and with --register adds it to the registry."""
+    import time
+
+    from models.training import describe, read_feedback_log, train
+
+    if feedback is not None and synth_users is not None:
+        typer.echo("error: give --feedback or --synth-users, not both", err=True)
+        raise typer.Exit(2)
+    started = time.perf_counter()
+    try:
+        rows = None
+        if feedback is not None and (feedback / "sends").is_dir():
+            # the cluster's layout (sends + actions): join them into one row per send
+            from pipelines.feedback_log import training_rows
+
+            rows = training_rows(feedback)
+        elif feedback is not None:
+            rows = read_feedback_log(feedback)
+        fitted, metrics = train(
+            rows, synth_users=synth_users, seed=seed_, holdout_share=holdout_share
+        )
+    except (ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    typer.echo(describe(metrics))
+    typer.echo(f"took {time.perf_counter() - started:.2f} s")
+    if register:
+        source = f"feedback log {feedback.resolve()}" if feedback is not None else metrics["source"]
+        try:
+            version = _registry(model_dir, data_dir).register(
+                fitted, metrics=metrics, trained_on=source
+            )
+        except (KeyError, ValueError, OSError) as exc:
+            raise _refuse(exc) from exc
+        typer.echo(f"registered {version} (deploy it with `herald model deploy {version}`)")
+
+
+@model.command("evaluate")
+def model_evaluate(
+    version: Annotated[
+        str | None, typer.Argument(help="A registered version (default: the deployed one).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write lift / calibration / regret PNGs and JSON here.")
+    ] = None,
+    users: Annotated[int, typer.Option(min=1_000, help="Size of the fresh population.")] = 50_000,
+    model_dir: ModelDir = None,
+    data_dir: DataDir = Path(".herald"),
+) -> None:
+    """Offline evaluation against the synthetic world's ground truth: precision@k and
+    expected clicks vs random / recency / oracle targeting, calibration, bandit regret."""
+    from models.evaluate import describe, evaluate
+
+    try:
+        ranker = _registry(model_dir, data_dir).load(version)
+    except (KeyError, ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    typer.echo(describe(evaluate(ranker, users=users, out_dir=out)))
+
+
 if __name__ == "__main__":
     app()

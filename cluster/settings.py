@@ -126,8 +126,18 @@ class HeraldSettings(BaseSettings):
     feedback_stream_max: int = Field(
         10_000_000, ge=1000, description="Newest feedback actions kept in the feedback stream."
     )
-    model_path: Path | None = Field(
-        None, description="Ranking model (skops) campaigns use; the shipped default when unset."
+    feedback_export_s: float = Field(
+        10.0, gt=0, description="How often feedback actions move from Redis to the Parquet log."
+    )
+    feedback_dir: Path | None = Field(
+        None,
+        description="Feedback log (Parquet by day: sends with features as scored, actions); "
+        "<data_dir>/feedback when unset. Shared storage on a multi-node cluster.",
+    )
+    model_dir: Path | None = Field(
+        None,
+        description="Model registry campaigns rank with (versions, `current` pointer); "
+        "<data_dir>/models when unset, seeded with the shipped default model.",
     )
 
     # --- API -----------------------------------------------------------------------------
@@ -197,6 +207,16 @@ class HeraldSettings(BaseSettings):
         if self.event_log == "kafka" and not self.kafka_bootstrap:
             raise ValueError("event_log=kafka needs kafka_bootstrap (HERALD_KAFKA_BOOTSTRAP)")
         return self
+
+    @property
+    def feedback_root(self) -> Path:
+        """The feedback log's directory (`feedback_dir`, else `<data_dir>/feedback`)."""
+        return self.feedback_dir if self.feedback_dir is not None else self.data_dir / "feedback"
+
+    @property
+    def models_root(self) -> Path:
+        """The model registry's directory (`model_dir`, else `<data_dir>/models`)."""
+        return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
     def key(self, *parts: str | int) -> str:
         """A Redis key under this deployment's prefix."""

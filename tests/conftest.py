@@ -47,6 +47,7 @@ def stack(
         # Short backoff so a delivery that exhausts its attempts does so within a test.
         retry_base_s=0.2,
         retry_max_s=3.0,
+        feedback_export_s=0.5,
     ) as running:
         deadline = time.monotonic() + 60
         while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:

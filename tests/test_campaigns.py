@@ -23,6 +23,7 @@ from cluster.names import shard_name
 from cluster.sharding import shard_of
 from models.ranker import load_ranker
 from models.synth import synthesize
+from pipelines import feedback_log
 from tests.test_api import fields_of
 from tests.test_dead_letters import wait_for
 
@@ -270,6 +271,21 @@ def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, popu
     assert wrong.status_code == 422 and "user_id" in fields_of(wrong)
     status = api.get(f"/v1/campaigns/{cid}").json()
     assert sum(v.get("opened", 0) for v in status["variants"].values()) == 1
+
+    # The feedback log: every send with its features as scored, the open joined to it.
+    root = stack.settings.feedback_root
+
+    def logged() -> list[pl.DataFrame]:
+        rows = feedback_log.training_rows(root)
+        rows = rows.filter(pl.col("campaign_id") == cid) if rows.height else rows
+        return [rows] if rows.height and rows["opened"].any() else []
+
+    [rows] = wait_for(logged, timeout_s=30)
+    assert rows.height == LIMIT
+    assert set(rows["user_id"]) == sent_users
+    assert set(rows["model_version"]) == {status["model_version"]}
+    assert rows.filter(pl.col("opened"))["user_id"].to_list() == [user]
+    assert rows["affinity_fashion"].null_count() == 0 and "last_active_at" in rows.columns
 
 
 def stack_redis(stack) -> redis.Redis:

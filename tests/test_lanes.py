@@ -40,6 +40,7 @@ class Received:
         self.since = emulator.get("/_emulator/stats").json()["total"]
         self.counts: Counter[str] = Counter()
         self.apns_ids: dict[str, set[str]] = {}
+        self.times: dict[str, list[float]] = {}
 
     def poll(self) -> int:
         body = self.emulator.get("/_emulator/received", params={"since": self.since}).json()
@@ -48,6 +49,7 @@ class Received:
             if item["token"] in self.tokens and item["status"] == 200:
                 self.counts[item["token"]] += 1
                 self.apns_ids.setdefault(item["token"], set()).add(item["headers"]["apns-id"])
+                self.times.setdefault(item["token"], []).append(item["received_at"])
         return len(self.counts)
 
 
@@ -112,6 +114,20 @@ def test_order_update_is_not_delayed_by_a_marketing_fan_out(stack, api, emulator
     # collapses; more than one apns-id for a token would be a real double notification.
     resent = sum(n - 1 for n in marketing.counts.values())
     print(f"pushes re-sent with the same apns-id: {resent}")
+    if resent:
+        twice = [t for t, n in marketing.counts.items() if n > 1][:3]
+        first = min(min(v) for v in marketing.times.values())
+        print(
+            "first re-sent:",
+            [
+                (
+                    t[:8],
+                    min(marketing.times[t]) - first,
+                    [round(x - min(marketing.times[t]), 3) for x in marketing.times[t]],
+                )
+                for t in twice
+            ],
+        )
     assert {len(ids) for ids in marketing.apns_ids.values()} == {1}
     assert resent <= N_USERS // 100
     for user in users[:: N_USERS // 20]:

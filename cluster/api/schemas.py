@@ -324,3 +324,19 @@ class FeedbackAccepted(BaseModel):
     notification_id: str
     action: str
     counted: bool = Field(description="False when this action was already recorded")
+
+
+# --- models --------------------------------------------------------------------------------
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+
+
+class ModelList(BaseModel):
+    current: str
+    models: list[dict[str, Any]] = Field(description="Registry metadata, newest first")
+
+
+class ModelDeployed(BaseModel):
+    previous: str
+    current: str
+    workers: list[str] = Field(description="The version each fan-out worker now ranks with")
+    took_s: float = Field(description="From the request to every worker switched")

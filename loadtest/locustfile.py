@@ -1,0 +1,81 @@
+"""Load on the Serve endpoint the way backend services use it: batches of order updates
+(the bulk of the traffic), device registrations, status polls, and now and then a price
+drop or a small campaign.
+
+    make load                       # 60 s against http://127.0.0.1:8000 (`make run` first)
+    .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 \\
+        --headless -u 20 -r 5 -t 60s --csv bench/results/load
+
+`HERALD_LOAD_KEY` is the API key (default: the local stack's `dev-admin-key`);
+`HERALD_LOAD_BATCH` the events per POST (default 100).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import uuid
+
+from locust import FastHttpUser, between, task
+
+KEY = os.environ.get("HERALD_LOAD_KEY", "dev-admin-key")
+BATCH = int(os.environ.get("HERALD_LOAD_BATCH", "100"))
+USERS = [f"load-u{i}" for i in range(10_000)]
+STATUSES = ["paid", "packed", "shipped", "out_for_delivery", "delivered"]
+
+
+class Backend(FastHttpUser):
+    wait_time = between(0.05, 0.2)
+
+    def on_start(self) -> None:
+        self.headers = {"Authorization": f"Bearer {KEY}"}
+        self.recent: list[str] = []
+
+    @task(20)
+    def order_updates(self) -> None:
+        events = [
+            {
+                "event_id": f"ld-{uuid.uuid4().hex}",
+                "type": "order.updated",
+                "user_id": random.choice(USERS),
+                "order_id": f"o{random.randrange(1_000_000)}",
+                "status": random.choice(STATUSES),
+            }
+            for _ in range(BATCH)
+        ]
+        with self.client.post(
+            "/v1/events", json={"events": events}, headers=self.headers,
+            name="POST /v1/events", catch_response=True,
+        ) as answer:  # fmt: skip
+            if answer.status_code != 202:
+                answer.failure(f"{answer.status_code}: {answer.text[:200]}")
+                return
+            self.recent = answer.json()["accepted"][-5:]
+
+    @task(5)
+    def register_device(self) -> None:
+        user = random.choice(USERS)
+        body = {"user_id": user, "platform": "ios", "token": secrets.token_hex(32)}
+        self.client.post("/v1/devices", json=body, headers=self.headers, name="POST /v1/devices")
+
+    @task(10)
+    def poll_status(self) -> None:
+        if self.recent:
+            nid = random.choice(self.recent)
+            self.client.get(
+                f"/v1/notifications/{nid}", headers=self.headers, name="GET /v1/notifications/{id}"
+            )
+
+    @task(1)
+    def price_drop(self) -> None:
+        event = {
+            "event_id": f"ld-drop-{uuid.uuid4().hex}",
+            "type": "price.dropped",
+            "product_id": f"p{random.randrange(1000)}",
+            "old_price": 100.0,
+            "new_price": 79.0,
+        }
+        self.client.post(
+            "/v1/events", json={"events": [event]}, headers=self.headers, name="POST price drop"
+        )
