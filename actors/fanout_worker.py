@@ -14,6 +14,7 @@ read here before eligibility and incremented by the router after each batch is r
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ import pyarrow as pa
 import ray
 import redis.asyncio as aioredis
 
+from cluster import metrics
 from cluster.settings import HeraldSettings
 from models.ranker import Ranker
 from models.registry import Registry
@@ -51,6 +53,7 @@ class FanoutWorker:
         self.rankers: dict[str, Ranker] = {}
         self.current = self.registry.current()
         self._ranker(self.current)
+        metrics.set_model_in_use(index, self.current, None)
 
     def _ranker(self, version: str) -> Ranker:
         """Every version this worker was asked for stays loaded: a campaign finishes on the
@@ -70,7 +73,8 @@ class FanoutWorker:
         so no plan ever waits on a load or sees a half-loaded model)."""
         version = await asyncio.to_thread(self.registry.current)
         await asyncio.to_thread(self._ranker, version)
-        self.current = version
+        previous, self.current = self.current, version
+        metrics.set_model_in_use(self.index, version, previous)
         return version
 
     async def plan(
@@ -85,6 +89,7 @@ class FanoutWorker:
         """The shard's chosen users (`campaigns.CHOSEN_COLUMNS`) and its counters, ranked by
         the campaign's own model version."""
         ranker = await asyncio.to_thread(self._ranker, model_version)
+        started = time.perf_counter()
         users = pl.from_arrow(await snapshot["users"])
         hit = await asyncio.to_thread(campaigns.targeted, users, campaign, now)
         sent_today = await self._sent_today(hit, now)
@@ -101,7 +106,10 @@ class FanoutWorker:
             sent_today=sent_today,
             already_sent=already,
         )
-        return chosen.to_arrow(), {"targeted": hit.height, **counts}
+        counts = {"targeted": hit.height, **counts}
+        stages = {k: v for k, v in counts.items() if k not in ("selected", "deferred")}
+        metrics.record_plan(stages, time.perf_counter() - started, model_version)
+        return chosen.to_arrow(), counts
 
     async def render(
         self,

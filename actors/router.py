@@ -540,11 +540,18 @@ class EventRouter:
             self._sender(channel, lane).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow())
             for (channel, lane), part in parts.items()
         ]
-        results = await asyncio.gather(*calls)
+        # One sender failing (its actor restarting, its Redis connection gone stale) must
+        # not lose the answers of the others: those pushes are out, and re-sending them with
+        # the whole batch would put them on the phones twice. Its rows go to the retry set.
+        results = await asyncio.gather(*calls, return_exceptions=True)
         answered = pl.concat(
             [
                 part.join(pl.from_arrow(result), on="delivery_id", how="inner")
-                for part, result in zip(parts.values(), results, strict=True)
+                if not isinstance(result, BaseException)
+                else self._unanswered(channel, part, result)
+                for (channel, _), part, result in zip(
+                    parts.keys(), parts.values(), results, strict=True
+                )
             ],
             how="vertical_relaxed",
         ).with_columns(attempts=pl.col("attempt") + 1)
@@ -557,6 +564,19 @@ class EventRouter:
         if self.settings.fallback_webhook_url:
             # The webhook fallback is for order updates, never for marketing.
             await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
+
+    def _unanswered(self, channel: str, part: pl.DataFrame, error: BaseException) -> pl.DataFrame:
+        """A sender call that failed as a whole: every row of it is to be retried."""
+        if isinstance(error, asyncio.CancelledError):
+            raise error
+        log.warning("router: %s sender failed for %d rows: %r", channel, part.height, error)
+        self.counts["sender_call_failed"] += 1
+        return part.with_columns(
+            outcome=pl.lit("retry"),
+            error=pl.lit(f"sender call failed: {type(error).__name__}"),
+            retry_after_s=pl.lit(None, dtype=pl.Float64),
+            acked_at=pl.lit(time.time()),
+        )
 
     async def _fall_back(self, answered: pl.DataFrame) -> None:
         """Order updates whose every push is now final and none delivered go to the webhook

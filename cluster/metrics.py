@@ -121,3 +121,47 @@ def count_dead_letters(kind: str, n: int) -> None:
 @_never_raises
 def set_backlog(lane: str, size: int) -> None:
     log_backlog().set(size, tags={"lane": lane})
+
+
+@cache
+def campaign_users() -> Counter:
+    return Counter(
+        "herald_campaign_users_total",
+        description="Users through campaign planning per shard (targeted, eligible) and "
+        "suppressed users by reason (stage=suppressed:<reason>).",
+        tag_keys=("stage",),
+    )
+
+
+@cache
+def fanout_plan_seconds() -> Histogram:
+    return Histogram(
+        "herald_fanout_plan_seconds",
+        description="Time a fan-out worker takes to plan one shard of a campaign.",
+        boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        tag_keys=("model_version",),
+    )
+
+
+@cache
+def model_in_use() -> Gauge:
+    return Gauge(
+        "herald_model_in_use",
+        description="1 for the ranker version each fan-out worker gives new campaigns, else 0.",
+        tag_keys=("worker", "model_version"),
+    )
+
+
+@_never_raises
+def record_plan(counts: dict[str, int], seconds: float, model_version: str) -> None:
+    for stage, n in counts.items():
+        if n:
+            campaign_users().inc(n, tags={"stage": stage})
+    fanout_plan_seconds().observe(seconds, tags={"model_version": model_version})
+
+
+@_never_raises
+def set_model_in_use(worker: int, version: str, previous: str | None) -> None:
+    if previous is not None and previous != version:
+        model_in_use().set(0, tags={"worker": str(worker), "model_version": previous})
+    model_in_use().set(1, tags={"worker": str(worker), "model_version": version})

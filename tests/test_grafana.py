@@ -15,7 +15,8 @@ def recorded() -> dict[str, set[str]]:
     """`ray_<name>` → tag keys, from the metric definitions themselves."""
     out = {}
     for make in (metrics.ingested, metrics.notifications, metrics.latency,
-                 metrics.dead_letters, metrics.log_backlog):  # fmt: skip
+                 metrics.dead_letters, metrics.log_backlog, metrics.campaign_users,
+                 metrics.fanout_plan_seconds, metrics.model_in_use):  # fmt: skip
         metric = make()
         out[f"ray_{metric._name}"] = set(metric._tag_keys)
     return out
