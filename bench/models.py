@@ -76,6 +76,17 @@ def deploy_under_traffic(seconds: float = 10.0) -> dict:
         }
 
 
+def _regret(bandit: dict) -> dict:
+    """Final cumulative regret (expected opens vs the best fixed variant) per policy."""
+    policies = ("bandit", "thompson_only", "uniform_random")
+    return {
+        "rounds": bandit["rounds"],
+        "batch": bandit["batch"],
+        "best_fixed_variant": bandit["best_fixed_variant"],
+        **{p: round(bandit[p]["cumulative_regret"], 1) for p in policies},
+    }
+
+
 def main() -> None:
     out = RESULTS / "models"
     evaluation = evaluate(load_ranker(), users=50_000, out_dir=out)
@@ -88,7 +99,7 @@ def main() -> None:
         "opens_lift_vs_random": round(headline["lift_vs_random"], 2),
         "opens_share_of_oracle": round(headline["share_of_oracle"], 4),
         "recency_lift_vs_random": round(headline["recency_lift_vs_random"], 2),
-        "bandit": headline["bandit"],
+        "bandit_regret": _regret(headline["bandit"]),
         "train_s_1m": metrics["train_seconds"],
         "train_rows": metrics.get("train_rows"),
         "holdout_auc": metrics.get("holdout_auc"),
