@@ -39,16 +39,6 @@ log = logging.getLogger("herald.kafka_log")
 
 
 @dataclass
-class _Progress:
-    """The lane's group-wide progress as the Redis counters show it, for the stall watchdog."""
-
-    acked: int = -1
-    produced_then: int = 0  # events produced when `acked` last moved
-    moved_at: float = field(default_factory=time.monotonic)
-    checked_at: float = 0.0
-
-
-@dataclass
 class _Reader:
     """One read loop's consumer and what it read but has not acked yet."""
 
@@ -71,9 +61,6 @@ class KafkaEventLog:
         self._producer_lock = asyncio.Lock()
         self._readers: dict[str, _Reader] = {}
         self._owner: dict[str, str] = {}  # entry id -> consumer name
-        self._progress: dict[str, _Progress] = {}
-        self.stall_rebuilds = 0
-        self._last_records: dict[str, float] = {}  # lane -> monotonic time of the last read
 
     def topic(self, lane: str) -> str:
         return f"{self.settings.kafka_log_topic_prefix}{lane}"
@@ -149,18 +136,6 @@ class KafkaEventLog:
         await asyncio.wait_for(
             asyncio.gather(*sends), timeout=self.settings.kafka_log_produce_timeout_s
         )
-        await self._count("produced", [lane for _, lane, _ in events])
-
-    async def _count(self, what: str, lanes: Sequence[str]) -> None:
-        """Group-wide produced / acked counters per lane: what the stall watchdog reads.
-        Best effort: a lost increment only makes the watchdog less eager."""
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for lane in set(lanes):
-                pipe.incrby(self.settings.key("kafka_log", lane, what), lanes.count(lane))
-            await pipe.execute()
-        except Exception:  # noqa: BLE001
-            log.warning("kafka log: %s counter not updated", what, exc_info=True)
 
     async def accepted_at(self, event_id: str) -> float | None:
         value = await self.redis.get(self.settings.key("event", event_id))
@@ -195,11 +170,6 @@ class KafkaEventLog:
         except KafkaError:
             await self._drop_reader(consumer)
             raise
-        if batches:
-            self._last_records[lane] = time.monotonic()
-        elif await self._stalled(lane):
-            await self._rebuild_readers(lane)
-            return pl.DataFrame(schema=ENTRY_SCHEMA)
         rows: list[tuple[str, str, float]] = []
         now = time.monotonic()
         for tp, records in batches.items():
@@ -213,53 +183,6 @@ class KafkaEventLog:
                 rows.append((entry_id, body, accepted_at))
             reader.read_up_to[tp.partition] = records[-1].offset
         return pl.DataFrame(rows, schema=ENTRY_SCHEMA, orient="row")
-
-    async def _stalled(self, lane: str) -> bool:
-        """True when the lane looks stuck: events were produced since the group last acked
-        anything, nothing was acked for `kafka_log_stall_s`, and this process neither read a
-        record in that time nor holds one in work. Seen against a broker whose connections
-        dropped: aiokafka consumers kept failing to reach it for minutes after it was back,
-        while a fresh consumer reads at once."""
-        progress = self._progress.setdefault(lane, _Progress())
-        now = time.monotonic()
-        if now - progress.checked_at < min(5.0, self.settings.kafka_log_stall_s / 2):
-            return False
-        progress.checked_at = now
-        try:
-            produced, acked = await self.redis.mget(
-                self.settings.key("kafka_log", lane, "produced"),
-                self.settings.key("kafka_log", lane, "acked"),
-            )
-        except Exception:  # noqa: BLE001 - no counters, no verdict
-            return False
-        produced, acked = int(produced or 0), int(acked or 0)
-        if acked != progress.acked:
-            progress.acked, progress.produced_then, progress.moved_at = acked, produced, now
-            return False
-        quiet_s = now - max(progress.moved_at, self._last_records.get(lane, 0.0))
-        in_work = any(
-            r.unacked for name, r in self._readers.items() if name in self._lane_readers(lane)
-        )
-        return (
-            produced > progress.produced_then
-            and quiet_s >= self.settings.kafka_log_stall_s
-            and not in_work
-        )
-
-    def _lane_readers(self, lane: str) -> set[str]:
-        topic = self.topic(lane)
-        return {name for name, r in self._readers.items() if topic in r.consumer.subscription()}
-
-    async def _rebuild_readers(self, lane: str) -> None:
-        names = self._lane_readers(lane)
-        log.warning(
-            "kafka log: lane %s made no progress for %.0f s with events waiting; "
-            "rebuilding its %d consumers", lane, self.settings.kafka_log_stall_s, len(names),
-        )  # fmt: skip
-        for name in names:
-            await self._drop_reader(name)
-        self._progress.pop(lane, None)
-        self.stall_rebuilds += 1
 
     async def claim_stale(
         self, lane: str, consumer: str, min_idle_ms: int, count: int
@@ -305,8 +228,6 @@ class KafkaEventLog:
             touched.setdefault(consumer, set()).add(partition)
         for consumer, partitions in touched.items():
             await self._commit(lane, self._readers[consumer], partitions)
-        if entry_ids:
-            await self._count("acked", [lane] * len(entry_ids))
 
     async def _commit(self, lane: str, reader: _Reader, partitions: set[int]) -> None:
         oldest: dict[int, int] = {}

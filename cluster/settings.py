@@ -66,12 +66,6 @@ class HeraldSettings(BaseSettings):
     kafka_log_partitions: int = Field(
         8, ge=1, description="Kafka event log: partitions per lane topic (created if missing)."
     )
-    kafka_log_stall_s: float = Field(
-        30.0,
-        gt=0,
-        description="Kafka event log: a lane with events waiting and nothing acked for this "
-        "long gets fresh consumers.",
-    )
     kafka_log_produce_timeout_s: float = Field(
         10.0, gt=0, description="Kafka event log: longest wait for the broker to take events."
     )
