@@ -451,8 +451,29 @@ class HeraldIngress:
         """The registry: every version with its metrics, and the one deployed (admin)."""
         self._auth(authorization, "admin")
         current = await asyncio.to_thread(self.registry.current)
+        shadow = await asyncio.to_thread(self.registry.shadow)
         models = await asyncio.to_thread(self.registry.list)
-        return ModelList(current=current, models=models)
+        return ModelList(current=current, shadow=shadow, models=models)
+
+    @api.post("/v1/models/{version}/shadow", tags=["models"])
+    async def shadow_model(self, version: ModelVersion, authorization: Auth = None) -> ModelList:
+        """Score with `version` alongside the current model, logging its choices to the
+        feedback log (`shadow/`) without acting on them (admin)."""
+        self._auth(authorization, "admin")
+        try:
+            await asyncio.to_thread(self.registry.set_shadow, version)
+        except (KeyError, ValueError) as exc:
+            raise _model_error(version, exc) from exc
+        await self._reload_workers()
+        return await self.list_models(authorization)
+
+    @api.delete("/v1/models/shadow", tags=["models"])
+    async def stop_shadow(self, authorization: Auth = None) -> ModelList:
+        """No shadow scoring any more (admin)."""
+        self._auth(authorization, "admin")
+        await asyncio.to_thread(self.registry.set_shadow, None)
+        await self._reload_workers()
+        return await self.list_models(authorization)
 
     @api.post("/v1/models/{version}/deploy", tags=["models"])
     async def deploy_model(

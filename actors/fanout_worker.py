@@ -53,6 +53,9 @@ class FanoutWorker:
         self.rankers: dict[str, Ranker] = {}
         self.current = self.registry.current()
         self._ranker(self.current)
+        self.shadow = self.registry.shadow()
+        if self.shadow is not None:
+            self._ranker(self.shadow)
         metrics.set_model_in_use(index, self.current, None)
 
     def _ranker(self, version: str) -> Ranker:
@@ -63,16 +66,21 @@ class FanoutWorker:
         return self.rankers[version]
 
     async def ping(self) -> dict[str, Any]:
-        return {"worker": self.index, "model_version": self.current}
+        return {"worker": self.index, "model_version": self.current, "shadow": self.shadow}
 
     async def model_version(self) -> str:
         return self.current
 
     async def reload(self) -> str:
         """Switch new campaigns to the registry's current version (loaded before the switch,
-        so no plan ever waits on a load or sees a half-loaded model)."""
+        so no plan ever waits on a load or sees a half-loaded model), and pick up the shadow
+        version, if any."""
         version = await asyncio.to_thread(self.registry.current)
         await asyncio.to_thread(self._ranker, version)
+        shadow = await asyncio.to_thread(self.registry.shadow)
+        if shadow is not None:
+            await asyncio.to_thread(self._ranker, shadow)
+        self.shadow = shadow
         previous, self.current = self.current, version
         metrics.set_model_in_use(self.index, version, previous)
         return version
@@ -133,12 +141,39 @@ class FanoutWorker:
         await asyncio.to_thread(
             feedback_log.write, sent, self.settings.feedback_root, "sends", "sent_at"
         )
+        if self.shadow is not None and self.shadow != model_version:
+            await asyncio.to_thread(self._log_shadow, frame, users, campaign, accepted_at)
         devices = devices.join(frame.select("user_id"), on="user_id", how="semi")
         for start in range(0, frame.height, campaigns.RENDER_CHUNK_USERS):
             part = frame.slice(start, campaigns.RENDER_CHUNK_USERS)
             rows = await asyncio.to_thread(campaigns.render, part, devices, campaign, accepted_at)
             for batch in campaigns.batches(rows, self.settings.batch_max_rows):
                 yield batch.to_arrow()
+
+    def _log_shadow(
+        self, chosen: pl.DataFrame, users: pl.DataFrame, campaign: dict[str, Any], now: float
+    ) -> None:
+        """Shadow mode: the shadow version scores the same users at the same moment; its
+        choices are logged next to the live ones and never acted on."""
+        shadow = self._ranker(self.shadow)
+        rows = users.join(chosen.select("user_id"), on="user_id", how="semi")
+        rows = chosen.select("user_id").join(rows, on="user_id", how="left")
+        variants = campaigns.variants_frame(campaign)
+        scores = shadow.score(rows, variants, category=campaign.get("category"), now=now)
+        best = scores.argmax(axis=1) if rows.height else np.zeros(0, dtype=np.int64)
+        logged = chosen.select(
+            "user_id",
+            live_variant="variant_id",
+            live_score="score",
+            notification_id=pl.lit(f"{campaign['campaign_id']}~") + pl.col("user_id"),
+            campaign_id=pl.lit(campaign["campaign_id"]),
+            shadow_version=pl.lit(self.shadow),
+            sent_at=pl.lit(now, dtype=pl.Float64),
+        ).with_columns(
+            shadow_variant=variants["variant_id"].gather(best),
+            shadow_score=pl.Series(scores[np.arange(rows.height), best], dtype=pl.Float64),
+        )
+        feedback_log.write(logged, self.settings.feedback_root, "shadow", "sent_at")
 
     async def _sent_today(self, users: pl.DataFrame, now: float) -> pl.DataFrame | None:
         if users.height == 0:

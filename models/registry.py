@@ -356,6 +356,30 @@ class Registry:
             self._set_current(target, current, "rollback")
             return current
 
+    # --- shadow ------------------------------------------------------------------------------
+    @property
+    def shadow_pointer(self) -> Path:
+        return self.root / "shadow"
+
+    def shadow(self) -> str | None:
+        """The version scoring alongside the current one without acting, if any."""
+        try:
+            return json.loads(self.shadow_pointer.read_text())["version"] or None
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.shadow_pointer}: unreadable shadow pointer: {e}") from e
+
+    def set_shadow(self, version: str | None) -> str | None:
+        """Make `version` the shadow (None: no shadow) after loading it as serving would;
+        returns the previous shadow. KeyError / ValueError as `deploy`."""
+        if version is not None:
+            self._validate(self.path(version), version)
+        with self._locked():
+            previous = self.shadow()
+            _write_atomic(self.shadow_pointer, json.dumps({"version": version, "at": _now()}))
+            return previous
+
     def load(self, version: str | None = None) -> Ranker:
         """The ranker of `version` (None → the deployed one)."""
         version = self.current() if version is None else version

@@ -15,9 +15,11 @@ import polars as pl
 import pytest
 
 from cluster.importer import import_devices, import_users
+from models.features import FEATURE_COLUMNS
 from models.ranker import load_ranker
 from models.registry import Registry
 from models.synth import synthesize
+from pipelines import feedback_log
 from tests.test_api import fields_of
 from tests.test_campaigns import campaign_body, wait_campaign
 
@@ -149,3 +151,38 @@ def test_a_model_that_does_not_fit_is_refused(stack, api):
     assert api.get("/v1/models").json()["current"] == current
     ingest_only = {"Authorization": "Bearer test-ingest"}
     assert api.post(f"/v1/models/{current}/deploy", headers=ingest_only).status_code == 403
+
+
+def test_shadow_mode_logs_and_does_not_act(stack, api, cohort):
+    registry = Registry(stack.settings.models_root)
+    current = api.get("/v1/models").json()["current"]
+    # A shadow that disagrees: it prefers the urgent copy much more than the live model.
+    model = copy.deepcopy(load_ranker().model)
+    model.intercept_ = model.intercept_ + 0.5
+    urgent = list(FEATURE_COLUMNS).index("style_urgent")
+    model.coef_[0, urgent] += 3.0
+    shadow = registry.register(model, metrics={"note": "shadow candidate"}, trained_on="test")
+    answer = api.post(f"/v1/models/{shadow}/shadow")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["shadow"] == shadow and answer.json()["current"] == current
+    try:
+        cid = f"shadow-{uuid.uuid4().hex[:8]}"
+        body = campaign_body(cohort, cid, channels=["inbox"], audience_limit=100)
+        assert api.post("/v1/campaigns", json=body).status_code == 202
+        status = wait_campaign(api, cid, timeout_s=120)
+    finally:
+        assert api.delete("/v1/models/shadow").json()["shadow"] is None
+    # It did not act: the campaign ran on the current version, with its choices.
+    assert status["model_version"] == current and status["selected"] == 100
+    root = stack.settings.feedback_root
+    sends = feedback_log.read(root, "sends").filter(pl.col("campaign_id") == cid)
+    logged = feedback_log.read(root, "shadow").filter(pl.col("campaign_id") == cid)
+    assert logged.height == sends.height == 100
+    assert set(logged["shadow_version"]) == {shadow}
+    joined = sends.join(logged, on="user_id")
+    assert (joined["variant_id"] == joined["live_variant"]).all()
+    assert set(sends["model_version"]) == {current}
+    # ...and it did score: it picks "urgent" where the live model mostly does not.
+    assert (logged["shadow_variant"] == "urgent").mean() > 0.9
+    assert (logged["shadow_variant"] != logged["live_variant"]).any()
+    assert logged["shadow_score"].is_between(0, 1).all()

@@ -332,6 +332,7 @@ MODEL_VERSION_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
 
 class ModelList(BaseModel):
     current: str
+    shadow: str | None = Field(None, description="Scores alongside `current`, logged only")
     models: list[dict[str, Any]] = Field(description="Registry metadata, newest first")
 
 
