@@ -15,7 +15,6 @@ from typing import Annotated
 
 import pyarrow as pa
 import ray
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Path, Query, Response, WebSocket, WebSocketDisconnect
 from ray import serve
 from ray.serve import Application
@@ -53,6 +52,7 @@ from cluster.campaigns import CampaignStore, campaign_of
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
 from cluster.names import fanout_name, router_name, sender_name, senders, shard_name
+from cluster.redis_clients import async_client
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
@@ -139,7 +139,7 @@ class HeraldIngress:
     def __init__(self, settings: HeraldSettings) -> None:
         self.settings = settings
         body_limit.max_bytes = settings.max_body_bytes
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = async_client(settings)
         self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)
         self.campaigns = CampaignStore(settings, self.redis)

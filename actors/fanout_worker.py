@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
-import redis.asyncio as aioredis
 
 from cluster import metrics
+from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 from models.ranker import Ranker
 from models.registry import Registry
@@ -48,7 +48,7 @@ class FanoutWorker:
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         self.settings = settings
         self.index = index
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = async_client(settings)
         self.registry = Registry(settings.models_root)
         self.rankers: dict[str, Ranker] = {}
         self.current = self.registry.current()

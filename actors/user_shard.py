@@ -16,9 +16,9 @@ import time
 import polars as pl
 import pyarrow as pa
 import ray
-import redis
 
 from actors.columnar import GroupedTable, KeyedTable
+from cluster.redis_clients import sync_client
 from cluster.settings import HeraldSettings
 from cluster.tables.activity import ACTIVITY
 from cluster.tables.affinities import AFFINITIES, AFFINITY_COLUMNS
@@ -50,7 +50,7 @@ class UserShard:
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         self.settings = settings
         self.index = index
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = sync_client(settings)
         self.tables = {
             "devices": KeyedTable(DEVICES, "device_id"),
             "profiles": KeyedTable(PROFILES, "user_id"),

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from cluster.event_log import open_event_log
+from cluster.redis_clients import sync_client
 from cluster.settings import HeraldSettings
 
 KINDS = ("delivery", "event", "kafka")  # kafka: a record no contract could parse
@@ -28,7 +29,7 @@ def dead_letter_fields(kind: str, body: dict[str, Any], reason: str) -> dict[str
 
 
 def list_dead_letters(settings: HeraldSettings, count: int = 100) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings)
     entries = client.xrange(dlq_key(settings), count=count)
     return [
         {
@@ -45,7 +46,7 @@ def list_dead_letters(settings: HeraldSettings, count: int = 100) -> list[dict[s
 def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) -> int:
     """Send dead letters again: deliveries go back on the retry schedule with a fresh attempt
     budget, events back into their lane's log. Replayed entries leave the stream."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings)
     key = dlq_key(settings)
     entries = (
         [(i.encode(), client.xrange(key, i, i)[0][1]) for i in ids if client.xrange(key, i, i)]

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 import redis.asyncio as aioredis
 
+from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 
 FINAL = ("delivered", "dead", "failed", "dead_lettered", "cancelled")
@@ -32,7 +33,7 @@ STATUS_OF_OUTCOME = {
 class DeliveryState:
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.redis = client or async_client(settings)
 
     def key(self, notification_id: str) -> str:
         return self.settings.key("ntf", notification_id)

@@ -19,6 +19,7 @@ import polars as pl
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 
 LANES = ("transactional", "marketing")
@@ -99,7 +100,7 @@ class RedisEventLog:
 
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.redis = client or async_client(settings)
         self._append = self.redis.register_script(_APPEND)
 
     def stream(self, lane: str) -> str:

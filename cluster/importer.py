@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
-import redis
 
 from cluster.names import shard_name
+from cluster.redis_clients import sync_client
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
@@ -96,7 +96,7 @@ def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int 
     # device → owner, for `DELETE /v1/devices/{id}` and dead tokens; written while the
     # shards work (an owner entry whose shard write then fails points at no device, which
     # a DELETE answers like an unknown id).
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings)
     pipe = client.pipeline(transaction=False)
     key = settings.key("devices", "owner")
     id_list, owner_list = ids.to_pylist(), devices["user_id"].to_pylist()

@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
 from cluster.event_log import ENTRY_SCHEMA, LANES, claim_event_ids
+from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 
 log = logging.getLogger("herald.kafka_log")
@@ -56,7 +57,7 @@ class KafkaEventLog:
         if not settings.kafka_bootstrap:
             raise ValueError("HERALD_EVENT_LOG=kafka needs HERALD_KAFKA_BOOTSTRAP")
         self.settings = settings
-        self.redis = client or aioredis.Redis.from_url(settings.redis_url)
+        self.redis = client or async_client(settings)
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._readers: dict[str, _Reader] = {}

@@ -1,6 +1,6 @@
 """Load on the Serve endpoint the way backend services use it: batches of order updates
 (the bulk of the traffic), device registrations, status polls, and now and then a price
-drop or a small campaign.
+drop or a small campaign. Any answer but the expected 2xx counts as a failure.
 
     make load                       # 60 s against http://127.0.0.1:8000 (`make run` first)
     .venv/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 \\
@@ -66,6 +66,27 @@ class Backend(FastHttpUser):
             self.client.get(
                 f"/v1/notifications/{nid}", headers=self.headers, name="GET /v1/notifications/{id}"
             )
+
+    @task(1)
+    def campaign(self) -> None:
+        """A small flash sale: the 1 % of synthetic-style users with many orders."""
+        body = {
+            "campaign_id": f"ld-{uuid.uuid4().hex[:16]}",
+            "segment": {"attr": {"name": "orders", "op": "ge", "value": 40}},
+            "variants": [
+                {"variant_id": "a", "title": "Flash sale", "body": "Up to 50 % off"},
+                {
+                    "variant_id": "b",
+                    "title": "2 hours left",
+                    "body": "Ends soon",
+                    "style": "urgent",
+                },
+            ],
+            "audience_limit": 1000,
+        }
+        self.client.post(
+            "/v1/campaigns", json=body, headers=self.headers, name="POST /v1/campaigns"
+        )
 
     @task(1)
     def price_drop(self) -> None:

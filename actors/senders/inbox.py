@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow as pa
 import redis.asyncio as aioredis
 
+from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 from cluster.tables.deliveries import RESULTS
 
@@ -49,7 +50,7 @@ class InboxClient:
         self.redis: aioredis.Redis | None = None
 
     async def start(self) -> None:
-        self.redis = aioredis.Redis.from_url(self.settings.redis_url)
+        self.redis = async_client(self.settings)
         self._add = self.redis.register_script(_ADD)
 
     async def send(self, batch: pa.Table) -> pa.Table:

@@ -1,0 +1,34 @@
+"""The load test's short version: locust (headless, FastHttpUser) against the test cluster for
+a few seconds — events, devices, status polls, price drops and campaigns — with no failure."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtest" / "locustfile.py"
+
+
+def test_short_load_has_no_failures(stack, tmp_path):
+    locust = Path(sys.executable).with_name("locust")
+    prefix = tmp_path / "load"
+    run = subprocess.run(
+        [str(locust), "-f", str(LOCUSTFILE), "--host", stack.api_url, "--headless",
+         "-u", "5", "-r", "5", "-t", "12s", "--csv", str(prefix), "--only-summary"],
+        env={**os.environ, "HERALD_LOAD_KEY": "test-admin", "HERALD_LOAD_BATCH": "20"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    with open(f"{prefix}_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows["Aggregated"]
+    assert int(total["Failure Count"]) == 0, run.stderr[-2000:]
+    assert int(total["Request Count"]) > 30
+    assert int(rows["POST /v1/events"]["Request Count"]) > 10
+    assert run.returncode == 0, run.stderr[-2000:]
