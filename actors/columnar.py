@@ -2,7 +2,7 @@
 
 Rows live in one polars frame plus a short list of recent upserts, so a registration does
 not rewrite the whole frame and a lookup does not wait for a compaction; the two are merged
-once the recent part grows past `compact_rows`.
+once the recent part grows past `compact_rows` rows or `compact_parts` writes.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ import pyarrow as pa
 class KeyedTable:
     """Latest row per key wins; deletion is an upsert that flips a flag, never a hole."""
 
-    def __init__(self, schema: pa.Schema, key: str, compact_rows: int = 20_000) -> None:
+    def __init__(
+        self, schema: pa.Schema, key: str, compact_rows: int = 20_000, compact_parts: int = 64
+    ) -> None:
         self.schema = schema
         self.key = key
         self.compact_rows = compact_rows
+        # Many one-row writes (device registrations) would otherwise pile up as thousands of
+        # tiny frames that every lookup filters one by one.
+        self.compact_parts = compact_parts
         self._polars_schema = pl.from_arrow(schema.empty_table()).schema
         self._frame = pl.DataFrame(schema=self._polars_schema)
         self._recent: list[pl.DataFrame] = []
@@ -45,7 +50,7 @@ class KeyedTable:
             return
         self._recent.append(frame)
         self._recent_rows += frame.height
-        if self._recent_rows >= self.compact_rows:
+        if self._recent_rows >= self.compact_rows or len(self._recent) >= self.compact_parts:
             self.compact()
 
     def replace_all(self, rows: pl.DataFrame | pa.Table) -> None:

@@ -280,12 +280,30 @@ class EventRouter:
                     await asyncio.sleep(0.5)
                     continue
                 for campaign_id in due:
-                    await self._run_campaign(campaign_id)
+                    try:
+                        await self._run_campaign(campaign_id)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.exception("router: campaign %s fan-out failed", campaign_id)
+                        await self._campaign_failed(campaign_id, exc)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("router: campaign fan-out failed; it resumes after its lease")
+                log.exception("router: taking due campaigns failed; retrying")
                 await asyncio.sleep(1.0)
+
+    async def _campaign_failed(self, campaign_id: str, error: Exception) -> None:
+        """A failed fan-out resumes after its lease (Redis or an actor may be back by then);
+        one that failed `campaign_max_failures` times is marked failed with its error, so a
+        campaign that can never run does not come back forever."""
+        try:
+            failures = await self.campaigns.record_failure(campaign_id, error)
+            if failures >= self.settings.campaign_max_failures:
+                await self.campaigns.give_up(campaign_id)
+        except Exception:  # noqa: BLE001 - Redis itself may be what failed
+            log.warning("router: could not record campaign %s's failure", campaign_id)
+        await asyncio.sleep(1.0)
 
     async def _run_campaign(self, campaign_id: str) -> None:
         """Plan every shard in the worker pool, keep the global top-k, then stream each

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
 
-STATES = ("scheduled", "running", "done", "cancelled")
+STATES = ("scheduled", "running", "done", "cancelled", "failed")
 FEEDBACK_ACTIONS = ("opened", "clicked", "dismissed")
 SEPARATOR = "~"  # notification id = <campaign_id>~<user_id>
 
@@ -111,7 +111,7 @@ class CampaignStore:
             elif name.startswith("variant:"):
                 _, variant, what = name.split(":", 2)
                 out["variants"].setdefault(variant, {})[what] = int(value)
-            elif name in ("state", "model_version"):
+            elif name in ("state", "model_version", "error"):
                 out[name] = value
             elif name.endswith("_at"):
                 out[name] = float(value)
@@ -170,6 +170,22 @@ class CampaignStore:
     async def finish(self, campaign_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key(campaign_id), mapping={"state": "done", "finished_at": time.time()})
+        pipe.zrem(self.due_key, campaign_id)
+        await pipe.execute()
+
+    async def record_failure(self, campaign_id: str, error: Exception) -> int:
+        """Count a failed run and keep its error; returns the failures so far."""
+        key = self.key(campaign_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, "failures", 1)
+        cause = getattr(error, "cause", None) or error  # a worker's error, not Ray's wrapper
+        pipe.hset(key, "error", f"{type(cause).__name__}: {cause}"[:500])
+        failures, _ = await pipe.execute()
+        return int(failures)
+
+    async def give_up(self, campaign_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key(campaign_id), mapping={"state": "failed", "finished_at": time.time()})
         pipe.zrem(self.due_key, campaign_id)
         await pipe.execute()
 

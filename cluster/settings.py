@@ -120,6 +120,9 @@ class HeraldSettings(BaseSettings):
         gt=0,
         description="A campaign taken by a router that dies is resumed by another after this.",
     )
+    campaign_max_failures: int = Field(
+        3, ge=1, description="Failed fan-out runs after which a campaign is marked failed."
+    )
     fanout_in_flight: int = Field(
         4, ge=1, le=64, description="Delivery batches a campaign fan-out has in flight at most."
     )

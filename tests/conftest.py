@@ -48,6 +48,8 @@ def stack(
         retry_base_s=0.2,
         retry_max_s=3.0,
         feedback_export_s=0.5,
+        # A failed campaign fan-out comes back after its lease: short, so tests see it.
+        campaign_lease_s=6.0,
     ) as running:
         deadline = time.monotonic() + 60
         while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:

@@ -307,6 +307,20 @@ def test_send_at_schedules_the_campaign(api, population, uid):
     assert status["selected"] == 10
 
 
+def test_a_campaign_that_cannot_run_is_marked_failed(stack, api, population, uid):
+    """A stored spec no worker can plan (here: rewritten behind the API's back, as an older
+    version might have stored it) is retried after its lease, then marked failed."""
+    cid = f"broken-{uid}"
+    body = campaign_body(population["cohort"], cid, send_at=time.time() + 3)
+    assert api.post("/v1/campaigns", json=body).status_code == 202
+    broken = {**body, "segment": {"no_such_condition": 1}}
+    stack_redis(stack).hset(stack.settings.key("campaign", cid), "spec", json.dumps(broken))
+    status = wait_campaign(api, cid, states=("failed",), timeout_s=90)
+    assert status["failures"] == stack.settings.campaign_max_failures
+    assert "no_such_condition" in status["error"]
+    assert status["sent"] == 0
+
+
 def test_cancel_mid_campaign(stack, api, emulators, population, uid):
     cid = f"cancel-{uid}"
     for emulator in emulators.values():

@@ -49,7 +49,13 @@ def test_order_update_shows_up_in_metrics(stack, api, uid):
     deadline = time.monotonic() + 60  # Ray pushes metrics to the exporter every few seconds
     while True:
         seen = scrape(stack.metrics_url)
-        if seen.get(delivered, 0) >= 3 and seen.get(latency_count, 0) >= 3:
+        # Each process (router, senders, every ingress replica) exports on its own clock.
+        if (
+            seen.get(delivered, 0) >= 3
+            and seen.get(latency_count, 0) >= 3
+            and seen.get(accepted, 0) >= 3
+            and seen.get(duplicate, 0) >= 1
+        ):
             break
         assert time.monotonic() < deadline, sorted(seen)[:20]
         time.sleep(2)

@@ -296,7 +296,7 @@ class VariantCounts(BaseModel):
 
 class CampaignStatus(BaseModel):
     campaign_id: str
-    state: Literal["scheduled", "running", "done", "cancelled"]
+    state: Literal["scheduled", "running", "done", "cancelled", "failed"]
     send_at: float
     created_at: float
     started_at: float | None = None
@@ -311,6 +311,8 @@ class CampaignStatus(BaseModel):
     delivered: int = 0
     failed: int = 0
     cancelled: int = Field(0, description="Deliveries dropped by a cancellation")
+    failures: int = Field(0, description="Fan-out runs that failed (each resumes after its lease)")
+    error: str | None = Field(None, description="The last fan-out failure")
     variants: dict[str, VariantCounts] = Field(default_factory=dict)
 
 
