@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from cluster.retry_schedule import TAKE_DUE
 from cluster.settings import HeraldSettings
 
 STATES = ("scheduled", "running", "done", "cancelled", "failed")
@@ -32,14 +33,6 @@ redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'state', 'scheduled', 'created_at',
            'send_at', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return false
-"""
-
-_TAKE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], ARGV[3], member)
-end
-return due
 """
 
 _CANCEL = """
@@ -72,7 +65,7 @@ class CampaignStore:
         self.due_key = settings.key("campaigns", "due")
         self.cancelled_key = settings.key("campaigns", "cancelled")
         self._create = client.register_script(_CREATE)
-        self._take = client.register_script(_TAKE)
+        self._take = client.register_script(TAKE_DUE)
         self._cancel = client.register_script(_CANCEL)
 
     def key(self, campaign_id: str) -> str:

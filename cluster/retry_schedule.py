@@ -24,7 +24,9 @@ import redis.asyncio as aioredis
 from cluster.event_log import LANES
 from cluster.settings import HeraldSettings
 
-_TAKE = """
+# Due members of a sorted set, their scores pushed out to a lease's end in the same call:
+# the lease pattern retries and campaigns share.
+TAKE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
   redis.call('ZADD', KEYS[1], ARGV[3], member)
@@ -45,7 +47,7 @@ class RetrySchedule:
         self.settings = settings
         self.redis = client
         self.key = settings.key("retry")
-        self._take = client.register_script(_TAKE)
+        self._take = client.register_script(TAKE_DUE)
 
     def key_of(self, lane: str) -> str:
         return self.key if lane == "transactional" else self.settings.key("retry", lane)

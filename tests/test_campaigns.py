@@ -33,6 +33,24 @@ USERS = 50_000
 LIMIT = 2_000
 
 
+def import_cohort(
+    stack, cohort: str, size: int, seed: int, out_dir: Path
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A synthetic population whose user ids and `cohort` attribute are the test's own, so
+    a segment on the cohort selects exactly it in the shared test cluster."""
+    paths = synthesize(size, seed=seed, out_dir=Path(out_dir))
+    users = pl.read_parquet(paths.users).with_columns(
+        user_id=pl.lit(f"{cohort}-") + pl.col("user_id"),
+        attributes=pl.col("attributes").str.strip_suffix("}") + f',"cohort":"{cohort}"}}',
+    )
+    devices = pl.read_parquet(paths.devices).with_columns(
+        user_id=pl.lit(f"{cohort}-") + pl.col("user_id")
+    )
+    import_users(stack.settings, users.to_arrow())
+    import_devices(stack.settings, devices.to_arrow())
+    return users, devices
+
+
 def _local_minute(zone: str | None, now: float) -> int:
     local = datetime.fromtimestamp(now, ZoneInfo(zone or "UTC"))
     return local.hour * 60 + local.minute
@@ -43,16 +61,7 @@ def population(stack, tmp_path_factory):
     """50,000 synthetic users of a cohort of their own, with preferences that exercise
     every suppression reason: user i by i % 20."""
     cohort = f"c{int(time.time())}"
-    paths = synthesize(USERS, seed=7, out_dir=Path(tmp_path_factory.mktemp("pop")))
-    users = pl.read_parquet(paths.users).with_columns(
-        user_id=pl.lit(f"{cohort}-") + pl.col("user_id"),
-        attributes=pl.col("attributes").str.strip_suffix("}") + f',"cohort":"{cohort}"}}',
-    )
-    devices = pl.read_parquet(paths.devices).with_columns(
-        user_id=pl.lit(f"{cohort}-") + pl.col("user_id")
-    )
-    import_users(stack.settings, users.to_arrow())
-    import_devices(stack.settings, devices.to_arrow())
+    users, devices = import_cohort(stack, cohort, USERS, 7, tmp_path_factory.mktemp("pop"))
 
     now = time.time()
     index = pl.Series(range(USERS))

@@ -8,20 +8,17 @@ import copy
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 
-from cluster.importer import import_devices, import_users
 from models.features import FEATURE_COLUMNS
 from models.ranker import load_ranker
 from models.registry import Registry
-from models.synth import synthesize
 from pipelines import feedback_log
 from tests.test_api import fields_of
-from tests.test_campaigns import campaign_body, wait_campaign
+from tests.test_campaigns import campaign_body, import_cohort, wait_campaign
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cohort(stack, tmp_path_factory) -> str:
     name = f"m{uuid.uuid4().hex[:8]}"
-    paths = synthesize(2_000, seed=9, out_dir=Path(tmp_path_factory.mktemp("pop")))
-    users = pl.read_parquet(paths.users).with_columns(
-        user_id=pl.lit(f"{name}-") + pl.col("user_id"),
-        attributes=pl.col("attributes").str.strip_suffix("}") + f',"cohort":"{name}"}}',
-    )
-    devices = pl.read_parquet(paths.devices).with_columns(
-        user_id=pl.lit(f"{name}-") + pl.col("user_id")
-    )
-    import_users(stack.settings, users.to_arrow())
-    import_devices(stack.settings, devices.to_arrow())
+    import_cohort(stack, name, 2_000, 9, tmp_path_factory.mktemp("pop"))
     return name
 
 
