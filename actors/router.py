@@ -78,6 +78,11 @@ class EventRouter:
         self.state = DeliveryState(settings, self.redis)
         self.retries = RetrySchedule(settings, self.redis)
         self.campaigns = CampaignStore(settings, self.redis)
+        # One command per batch, not one HINCRBY per user: +1 for each user, then the TTL.
+        self._count_sent_today = self.redis.register_script(
+            "for i = 2, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end "
+            "redis.call('EXPIRE', KEYS[1], ARGV[1])"
+        )
         self._tasks: list[asyncio.Task] = []
         self._handles: dict[str, ray.actor.ActorHandle] = {}
         self._failures: Counter[str] = Counter()
@@ -419,10 +424,11 @@ class EventRouter:
         pipe.sadd(sent_key, *users["user_id"].to_list())
         pipe.expire(sent_key, self.settings.notification_ttl_s)
         for (day,), group in users.group_by("local_day"):
-            key = freq_key(self.settings, day)
-            for user in group["user_id"]:
-                pipe.hincrby(key, user, 1)
-            pipe.expire(key, 3 * 86_400)
+            self._count_sent_today(
+                keys=[freq_key(self.settings, day)],
+                args=[3 * 86_400, *group["user_id"].to_list()],
+                client=pipe,
+            )
         for variant, n in users.group_by("variant_id").len().iter_rows():
             pipe.hincrby(self.campaigns.key(campaign_id), f"variant:{variant}:sent", n)
         await pipe.execute()
