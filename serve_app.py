@@ -19,6 +19,7 @@ from fastapi import FastAPI, Header, Path, Query, Response, WebSocket, WebSocket
 from ray import serve
 from ray.serve import Application
 
+from actors.fanout_pool import running_fanout_workers
 from actors.senders.inbox import inbox_keys
 from cluster import metrics
 from cluster.api.auth import Scope, check_key
@@ -51,6 +52,7 @@ from cluster.bootstrap import ensure_actors
 from cluster.campaigns import CampaignStore, campaign_of
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
+from cluster.logs import configure_logging
 from cluster.names import fanout_name, router_name, sender_name, senders, shard_name
 from cluster.redis_clients import async_client
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
@@ -137,6 +139,7 @@ def _overall_state(record: dict) -> str:
 @serve.ingress(api)
 class HeraldIngress:
     def __init__(self, settings: HeraldSettings) -> None:
+        configure_logging(settings)
         self.settings = settings
         body_limit.max_bytes = settings.max_body_bytes
         self.redis = async_client(settings)
@@ -511,8 +514,21 @@ class HeraldIngress:
         )  # fmt: skip
 
     async def _reload_workers(self) -> list[str]:
-        names = [fanout_name(i) for i in range(self.settings.fanout_workers)]
-        return list(await asyncio.gather(*[self._actor(n).reload.remote() for n in names]))
+        """Reload the fixed pool and the grown workers that are up; a grown worker still
+        waiting for a node loads the registry's current version when it starts."""
+        fixed = [fanout_name(i) for i in range(self.settings.fanout_workers)]
+        grown = [n for n in running_fanout_workers(self.settings) if n not in fixed]
+        versions = list(await asyncio.gather(*[self._actor(n).reload.remote() for n in fixed]))
+        for name in grown:
+            try:
+                versions.append(
+                    await asyncio.wait_for(
+                        self._actor(name).reload.remote(), self.settings.fanout_grow_wait_s
+                    )
+                )
+            except (TimeoutError, ray.exceptions.RayActorError):
+                pass  # pending or just removed by the idle shrink
+        return versions
 
     # --- inbox ---------------------------------------------------------------------------
     @api.get("/v1/users/{user_id}/inbox", tags=["inbox"])

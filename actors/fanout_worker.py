@@ -22,8 +22,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
+import redis.asyncio as aioredis
 
 from cluster import metrics
+from cluster.logs import configure_logging
 from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 from models.ranker import Ranker
@@ -38,6 +40,27 @@ def freq_key(settings: HeraldSettings, day: str) -> str:
     return settings.key("freq", day)
 
 
+async def marketing_sent_today(
+    redis: aioredis.Redis, settings: HeraldSettings, users: pl.DataFrame, now: float
+) -> pl.DataFrame | None:
+    """(user_id, count): the marketing each user already got on their own local day —
+    the frequency-cap counters campaigns and price drops share (`freq_key`); one HMGET per
+    day and `_CHUNK` users. None for no users."""
+    if users.height == 0:
+        return None
+    days = users.select("user_id", day=local_day(users, now))
+    parts = []
+    for (day,), group in days.group_by("day"):
+        ids = group["user_id"]
+        pipe = redis.pipeline(transaction=False)
+        for start in range(0, ids.len(), _CHUNK):
+            pipe.hmget(freq_key(settings, day), ids.slice(start, _CHUNK).to_list())
+        values = [v for chunk in await pipe.execute() for v in chunk]
+        counts = pl.Series(values, dtype=pl.Binary).cast(pl.String).cast(pl.Int64)
+        parts.append(pl.DataFrame({"user_id": ids, "count": counts.fill_null(0)}))
+    return pl.concat(parts)
+
+
 def sent_users_key(settings: HeraldSettings, campaign_id: str) -> str:
     return settings.key("campaign", campaign_id, "users")
 
@@ -46,6 +69,7 @@ class FanoutWorker:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
+        configure_logging(settings)
         self.settings = settings
         self.index = index
         self.redis = async_client(settings)
@@ -100,7 +124,7 @@ class FanoutWorker:
         started = time.perf_counter()
         users = pl.from_arrow(await snapshot["users"])
         hit = await asyncio.to_thread(campaigns.targeted, users, campaign, now)
-        sent_today = await self._sent_today(hit, now)
+        sent_today = await marketing_sent_today(self.redis, self.settings, hit, now)
         already = await self._already_sent(campaign["campaign_id"], hit) if resumed else None
         rng = np.random.default_rng()
         chosen, counts = await asyncio.to_thread(
@@ -174,24 +198,6 @@ class FanoutWorker:
             shadow_score=pl.Series(scores[np.arange(rows.height), best], dtype=pl.Float64),
         )
         feedback_log.write(logged, self.settings.feedback_root, "shadow", "sent_at")
-
-    async def _sent_today(self, users: pl.DataFrame, now: float) -> pl.DataFrame | None:
-        if users.height == 0:
-            return None
-        days = users.select("user_id", day=local_day(users, now))
-        parts = []
-        for (day,), group in days.group_by("day"):
-            ids = group["user_id"]
-            pipe = self.redis.pipeline(transaction=False)
-            for start in range(0, ids.len(), _CHUNK):
-                pipe.hmget(freq_key(self.settings, day), ids.slice(start, _CHUNK).to_list())
-            values = [v for chunk in await pipe.execute() for v in chunk]
-            parts.append(
-                pl.DataFrame(
-                    {"user_id": ids, "count": pl.Series(values, dtype=pl.Binary)}
-                ).with_columns(pl.col("count").cast(pl.String).cast(pl.Int64).fill_null(0))
-            )
-        return pl.concat(parts)
 
     async def _already_sent(self, campaign_id: str, users: pl.DataFrame) -> pl.Series | None:
         ids = users["user_id"]

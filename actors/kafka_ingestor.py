@@ -26,6 +26,7 @@ from cluster import metrics
 from cluster.api.schemas import Event
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.event_log import LANE_OF_TYPE, open_event_log
+from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
 
 log = logging.getLogger("herald.kafka")
@@ -59,6 +60,7 @@ class KafkaIngestor:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` when Kafka is configured."""
 
     def __init__(self, settings: HeraldSettings) -> None:
+        configure_logging(settings)
         self.settings = settings
         self.log = open_event_log(settings)
         self.counts: Counter[str] = Counter()

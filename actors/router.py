@@ -30,17 +30,21 @@ import polars as pl
 import pyarrow as pa
 import ray
 
-from actors.fanout_worker import freq_key, sent_users_key
+from actors.fanout_pool import FanoutPool
+from actors.fanout_worker import freq_key, marketing_sent_today, sent_users_key
 from cluster import metrics
 from cluster.campaigns import SEPARATOR, CampaignStore
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
+from cluster.logs import configure_logging
 from cluster.names import PUSH_CHANNELS, fanout_name, sender_name, shard_name
 from cluster.retry_schedule import RetrySchedule
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
 from cluster.tables.deliveries import DELIVERIES
+from models.ranker import Ranker, load_ranker
+from models.registry import Registry
 from pipelines import campaigns, feedback_log, order_updates, price_drops
 
 log = logging.getLogger("herald.router")
@@ -58,19 +62,24 @@ _EVENT_DTYPE = pl.Struct(
         "new_price": pl.Float64,
         "currency": pl.String,
         "title": pl.String,
+        "category": pl.String,
     }
 )
 _DELIVERY_COLUMNS = [f.name for f in DELIVERIES]
 # Fields only one event type has: dropped from the other type's frame, so a price drop's
 # `title` can never shadow an order template's title in a join.
 _ORDER_ONLY = ["user_id", "order_id", "status"]
-_PRICE_DROP_ONLY = ["product_id", "old_price", "new_price", "currency", "title"]
+_PRICE_DROP_ONLY = ["product_id", "old_price", "new_price", "currency", "title", "category"]
+# The snapshot's user columns a price drop's ranking reads (`models.features`); the wisher
+# rows from the shards carry preferences and devices but no profile.
+_RANKING_COLUMNS = ["timezone", "country", "attributes", "last_active_at", "platforms"]
 
 
 class EventRouter:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
+        configure_logging(settings)
         self.settings = settings
         self.index = index
         self.log = open_event_log(settings)
@@ -78,6 +87,8 @@ class EventRouter:
         self.state = DeliveryState(settings, self.redis)
         self.retries = RetrySchedule(settings, self.redis)
         self.campaigns = CampaignStore(settings, self.redis)
+        self.pool = FanoutPool(settings, self.redis)
+        self._price_drop_rankers: dict[str, Ranker] = {}  # by model version
         # One command per batch, not one HINCRBY per user: +1 for each user, then the TTL.
         self._count_sent_today = self.redis.register_script(
             "for i = 2, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end "
@@ -102,6 +113,8 @@ class EventRouter:
         self._tasks.append(asyncio.create_task(self._run_campaigns()))
         if self.index == 0:  # one exporter is enough; a restarted router 0 resumes it
             self._tasks.append(asyncio.create_task(self._export_feedback()))
+            if self.settings.pool_max_workers > self.settings.fanout_workers:
+                self._tasks.append(asyncio.create_task(self._shrink_pool()))
 
     async def start(self) -> None:
         """Wait until the read loops run (bootstrap calls it to surface startup errors)."""
@@ -177,7 +190,11 @@ class EventRouter:
                 entry_id = entries["entry_id"][0]
                 self._failures[entry_id] += 1
                 if self._failures[entry_id] >= self.settings.poison_attempts:
-                    log.exception("router: event %s is poison; dead-lettering it", entry_id)
+                    log.exception(
+                        "router: event %s is poison; dead-lettering it",
+                        entry_id,
+                        extra={"entry_id": entry_id},
+                    )
                     await self._dead_letter_entries(lane, entries, "routing failed repeatedly")
                     del self._failures[entry_id]
                     return
@@ -219,12 +236,34 @@ class EventRouter:
         await self._send(deliveries.with_columns(attempt=pl.lit(0)))
 
     async def _route_price_drops(self, drops: pl.DataFrame, redelivered: bool) -> None:
-        """price.dropped: one notification (`<event_id>:<user_id>`) per wisher, fanned out
-        in chunks of `batch_max_rows` deliveries: record queued → send → record outcomes,
-        chunk after chunk. The log entry is acked by the caller only after the last chunk,
-        so a crash mid fan-out redelivers the event and only the unfinished part is sent."""
+        """price.dropped: one notification (`<event_id>:<user_id>`) per wisher, through the
+        campaigns' eligibility and ranker (`pipelines.price_drops.plan`), best-scored first,
+        at most `price_drop_audience_limit` per event. Fanned out in batches of about
+        `batch_max_rows` deliveries that never split a notification: record queued → hold
+        the quiet-hours ones in the marketing retry set until their window ends, send the
+        rest → count the users (frequency cap, shared with campaigns; this event's sent
+        set). The log entry is acked by the caller only after the last batch, so a crash
+        mid fan-out redelivers the event; the sent set then suppresses (`already_sent`) the
+        wishers it already reached, and deliveries already final are not sent again."""
+        now = time.time()
         audience = await self._wishers(drops["product_id"].unique().to_list())
-        targets, suppressed = await asyncio.to_thread(price_drops.plan, drops, audience)
+        if audience.height == 0:
+            return
+        ranker = await self._price_drop_ranker()
+        wishers = audience.unique("user_id")
+        sent_today = await marketing_sent_today(self.redis, self.settings, wishers, now)
+        already = await self._price_drops_sent(drops, audience) if redelivered else None
+        planned = await asyncio.to_thread(
+            price_drops.plan,
+            drops,
+            audience,
+            now=now,
+            ranker=ranker,
+            sent_today=sent_today,
+            already_sent=already,
+            audience_limit=self.settings.price_drop_audience_limit,
+        )
+        targets, suppressed = planned.targets, planned.suppressed
         content = price_drops.messages(drops)
         step = self.settings.batch_max_rows
         for start in range(0, suppressed.height, step):
@@ -232,15 +271,82 @@ class EventRouter:
             await self.state.record_routed(
                 price_drops.EMPTY_DELIVERIES, part, price_drops.meta(part)
             )
-        for start in range(0, targets.height, step):
-            chunk = targets.slice(start, step)
-            deliveries = price_drops.render(chunk, content)
-            if redelivered:
-                deliveries = deliveries.filter(~(await self.state.finished(deliveries)))
-            await self.state.record_routed(deliveries, pl.DataFrame(), price_drops.meta(chunk))
-            await self._send(deliveries.with_columns(attempt=pl.lit(0)))
-        self.counts["price_drop_notifications"] += targets["notification_id"].n_unique()
+        for batch in campaigns.batches(targets, step):
+            deliveries = price_drops.render(batch, content)
+            await self._price_drop_batch(deliveries, ranker.version, redelivered)
+        for stage, n in planned.counts.items():
+            self.counts[f"price_drop_{stage}"] += n
+        self.counts["price_drop_notifications"] += planned.counts["selected"]
         self.counts["price_drop_suppressed"] += suppressed.height
+
+    async def _price_drop_batch(
+        self, batch: pl.DataFrame, model_version: str, redelivered: bool
+    ) -> None:
+        """One batch of a price drop's deliveries (`price_drops.render`), as
+        `_campaign_batch` does a campaign's: record as queued (deferred ones too) → hold
+        the quiet-hours ones in the marketing retry set until their window ends → send the
+        rest → +1 on each user's marketing count of their local day and into the event's
+        sent set, in one transaction. On a redelivery, deliveries already final (or owned
+        by the retry schedule) are left out first."""
+        if redelivered:
+            batch = batch.filter(~(await self.state.finished(batch)))
+        if batch.height == 0:
+            return
+        await self.state.record_routed(
+            batch.select(_DELIVERY_COLUMNS), pl.DataFrame(), price_drops.meta(batch, model_version)
+        )
+        await self._hold_or_send(batch)
+        users = batch.unique("notification_id", keep="first")
+        pipe = self.redis.pipeline(transaction=True)
+        for (event_id,), group in users.group_by("event_id"):
+            key = self._price_drop_sent_key(event_id)
+            pipe.sadd(key, *group["user_id"].to_list())
+            pipe.expire(key, self.settings.notification_ttl_s)
+        await self._count_marketing(users, pipe)
+        await pipe.execute()
+
+    def _price_drop_sent_key(self, event_id: str) -> str:
+        """The users a price drop already reached (sent or held for quiet hours)."""
+        return self.settings.key("price_drop", event_id, "users")
+
+    async def _price_drops_sent(self, drops: pl.DataFrame, audience: pl.DataFrame) -> pl.Series:
+        """Notification ids of these events' wishers that their event already reached: a
+        redelivered event must neither notify them again nor count them twice."""
+        pairs = (
+            drops.select("event_id", "product_id")
+            .join(audience.select("product_id", "user_id"), on="product_id")
+            .unique(["event_id", "user_id"], maintain_order=True)
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        groups = pairs.partition_by("event_id", as_dict=True)
+        for (event_id,), group in groups.items():
+            for start in range(0, group.height, 10_000):
+                ids = group["user_id"].slice(start, 10_000).to_list()
+                pipe.smismember(self._price_drop_sent_key(event_id), ids)
+        flags = [bool(f) for chunk in await pipe.execute() for f in chunk]
+        ordered = pl.concat([g for g in groups.values()]) if groups else pairs
+        sent = ordered.filter(pl.Series(flags, dtype=pl.Boolean))
+        return sent.select(
+            price_drops.notification_id(pl.col("event_id"), pl.col("user_id"))
+        ).to_series()
+
+    async def _price_drop_ranker(self) -> Ranker:
+        """The registry's current model (loaded once per version, off the event loop), so a
+        deploy or rollback reaches price drops with no restart. If the registry cannot be
+        read, the last model loaded (or the shipped default) keeps price drops going."""
+        try:
+            version = await asyncio.to_thread(Registry(self.settings.models_root).current)
+            if version not in self._price_drop_rankers:
+                registry = Registry(self.settings.models_root)
+                ranker = await asyncio.to_thread(registry.load, version)
+                self._price_drop_rankers = {version: ranker}
+            return self._price_drop_rankers[version]
+        except Exception:  # noqa: BLE001 - ranking must not stop price drops
+            log.warning("router: model registry unreadable; ranking with the last model")
+            if not self._price_drop_rankers:
+                ranker = await asyncio.to_thread(load_ranker)
+                self._price_drop_rankers = {ranker.version: ranker}
+            return next(iter(self._price_drop_rankers.values()))
 
     async def _dead_letter_entries(self, lane: str, entries: pl.DataFrame, reason: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -254,6 +360,10 @@ class EventRouter:
                 "event", {**event, "_lane": lane, "_accepted_at": accepted_at}, reason
             )
             pipe.xadd(dlq_key(self.settings), fields)
+            log.warning(
+                "event dead-lettered",
+                extra={"event_id": event.get("event_id"), "lane": lane, "reason": reason},
+            )
         await pipe.execute()
         await self.log.ack(lane, entries["entry_id"].to_list())
         metrics.count_dead_letters("event", entries.height)
@@ -290,7 +400,11 @@ class EventRouter:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
-                        log.exception("router: campaign %s fan-out failed", campaign_id)
+                        log.exception(
+                            "router: campaign %s fan-out failed",
+                            campaign_id,
+                            extra={"campaign_id": campaign_id},
+                        )
                         await self._campaign_failed(campaign_id, exc)
             except asyncio.CancelledError:
                 raise
@@ -325,21 +439,24 @@ class EventRouter:
             while True:
                 await asyncio.sleep(self.settings.campaign_lease_s / 3)
                 await self.campaigns.renew(campaign_id)
+                await self.pool.touch()
 
         keeper = asyncio.create_task(renew())
         try:
-            version = await self._worker(0).model_version.remote()
+            version = await self._handle(fanout_name(0)).model_version.remote()
             version, resumed = await self.campaigns.start(campaign_id, version)
             now = time.time()
             done = await self.campaigns.shards_done(campaign_id)
             todo = [s for s in range(self.settings.shards) if s not in done]
+            pool = await self.pool.workers_for(len(todo))
+            worker_of = {s: pool[i % len(pool)] for i, s in enumerate(todo)}
             stats = await self.campaigns.variant_stats(
                 campaign_id, [v["variant_id"] for v in spec["variants"]]
             )
             snapshots = await asyncio.gather(*[self._shard(s).snapshot.remote() for s in todo])
             plans = await asyncio.gather(
                 *[
-                    self._worker(s).plan.remote(spec, snap, now, stats, resumed, version)
+                    worker_of[s].plan.remote(spec, snap, now, stats, resumed, version)
                     for s, snap in zip(todo, snapshots, strict=True)
                 ]
             )
@@ -362,7 +479,7 @@ class EventRouter:
             for shard, snap in zip(todo, snapshots, strict=True):
                 mine = chosen.filter(pl.col("shard") == shard).drop("shard")
                 streamed = await self._stream_shard(
-                    campaign_id, spec, shard, snap, mine, accepted_at, version
+                    campaign_id, spec, worker_of[shard], snap, mine, accepted_at, version
                 )
                 if not streamed:
                     return  # cancelled
@@ -376,7 +493,7 @@ class EventRouter:
         self,
         campaign_id: str,
         spec: dict,
-        shard: int,
+        worker: ray.actor.ActorHandle,
         snapshot: dict,
         chosen: pl.DataFrame,
         accepted_at: float,
@@ -385,19 +502,41 @@ class EventRouter:
         """Send one shard's deliveries as its worker streams them; False when cancelled."""
         if chosen.height == 0:
             return True
-        stream = (
-            self._worker(shard)
-            .render.options(
-                num_returns="streaming",
-                _generator_backpressure_num_objects=self.settings.fanout_in_flight,
-            )
-            .remote(spec, snapshot, chosen.to_arrow(), accepted_at, version)
-        )
+        stream = worker.render.options(
+            num_returns="streaming",
+            _generator_backpressure_num_objects=self.settings.fanout_in_flight,
+        ).remote(spec, snapshot, chosen.to_arrow(), accepted_at, version)
         async for ref in stream:
             if await self.campaigns.state(campaign_id) == "cancelled":
                 return False
             await self._campaign_batch(campaign_id, pl.from_arrow(await ref))
         return True
+
+    async def _hold_or_send(self, batch: pl.DataFrame) -> None:
+        """Marketing deliveries still in their user's quiet hours (`send_after` ahead) go
+        into the marketing retry set, due when the window ends; the rest to the senders."""
+        held = (pl.col("send_after") > time.time()).fill_null(False)
+        later, now = batch.filter(held), batch.filter(~held)
+        if later.height:
+            pipe = self.redis.pipeline(transaction=False)
+            self.retries.defer(
+                later.select(*_DELIVERY_COLUMNS, "send_after").with_columns(attempt=pl.lit(0)),
+                pipe,
+            )
+            await pipe.execute()
+        if now.height:
+            await self._send(now.select(_DELIVERY_COLUMNS).with_columns(attempt=pl.lit(0)))
+
+    async def _count_marketing(self, users: pl.DataFrame, pipe) -> None:
+        """Queue +1 on each user's marketing count of their `local_day` (the frequency cap
+        campaigns and price drops share) on `pipe`: one script call per day."""
+        for (day,), group in users.group_by("local_day"):
+            # an async Script queues on a pipeline only when awaited
+            await self._count_sent_today(
+                keys=[freq_key(self.settings, day)],
+                args=[3 * 86_400, *group["user_id"].to_list()],
+                client=pipe,
+            )
 
     async def _campaign_batch(self, campaign_id: str, batch: pl.DataFrame) -> None:
         """Record as queued (deferred ones too) → hold the quiet-hours ones in the marketing
@@ -409,26 +548,12 @@ class EventRouter:
         users = batch.unique("notification_id", keep="first", maintain_order=True)
         meta = campaigns.meta(batch, campaign_id)
         await self.state.record_routed(batch.select(_DELIVERY_COLUMNS), pl.DataFrame(), meta)
-        held = (pl.col("send_after") > time.time()).fill_null(False)
-        later, now = batch.filter(held), batch.filter(~held)
-        if later.height:
-            pipe = self.redis.pipeline(transaction=False)
-            self.retries.defer(
-                later.select(*_DELIVERY_COLUMNS, "send_after").with_columns(attempt=pl.lit(0)),
-                pipe,
-            )
-            await pipe.execute()
-        await self._send(now.select(_DELIVERY_COLUMNS).with_columns(attempt=pl.lit(0)))
+        await self._hold_or_send(batch)
         pipe = self.redis.pipeline(transaction=False)
         sent_key = sent_users_key(self.settings, campaign_id)
         pipe.sadd(sent_key, *users["user_id"].to_list())
         pipe.expire(sent_key, self.settings.notification_ttl_s)
-        for (day,), group in users.group_by("local_day"):
-            self._count_sent_today(
-                keys=[freq_key(self.settings, day)],
-                args=[3 * 86_400, *group["user_id"].to_list()],
-                client=pipe,
-            )
+        await self._count_marketing(users, pipe)
         for variant, n in users.group_by("variant_id").len().iter_rows():
             pipe.hincrby(self.campaigns.key(campaign_id), f"variant:{variant}:sent", n)
         await pipe.execute()
@@ -486,6 +611,15 @@ class EventRouter:
             cid = row.pop("campaign_id")
             self.campaigns.count(pipe, cid, **row)
 
+    async def _shrink_pool(self) -> None:
+        """Router 0 removes the fan-out workers grown for campaigns once idle."""
+        while True:
+            await asyncio.sleep(min(self.settings.fanout_idle_s / 4, 30.0))
+            try:
+                await self.pool.shrink_if_idle()
+            except Exception:  # noqa: BLE001 - next round tries again
+                log.exception("router: shrinking the fan-out pool failed; retrying")
+
     async def _export_feedback(self) -> None:
         """Move `POST /v1/feedback` actions from the Redis stream to the Parquet feedback
         log, a batch at a time. The stream position is saved after the file is written, so a
@@ -534,12 +668,32 @@ class EventRouter:
 
     async def _wishers(self, product_ids: list[str]) -> pl.DataFrame:
         """Who wishes for these products, with devices and preferences: one call per shard
-        (every shard may hold wishers), all in parallel, each answering with columns."""
-        calls = [
-            self._shard(shard).wishers.remote(product_ids) for shard in range(self.settings.shards)
-        ]
+        (every shard may hold wishers), all in parallel, each answering with columns. The
+        ranker's user columns (zone, country, attributes, activity, platforms, affinities)
+        come from the snapshots of the shards that hold wishers (cached per shard version,
+        read zero-copy), joined onto the wisher rows."""
+        shards = range(self.settings.shards)
+        calls = [self._shard(shard).wishers.remote(product_ids) for shard in shards]
         tables: list[pa.Table] = await asyncio.gather(*calls)
-        return pl.concat([pl.from_arrow(t) for t in tables], how="vertical_relaxed")
+        holding = [s for s in shards if tables[s].num_rows]
+        if not holding:
+            return pl.from_arrow(tables[0])
+        snapshots = await asyncio.gather(*[self._shard(s).snapshot.remote() for s in holding])
+        profiles = await asyncio.gather(*[snapshot["users"] for snapshot in snapshots])
+        parts = []
+        for shard, users in zip(holding, profiles, strict=True):
+            wished = pl.from_arrow(tables[shard])
+            users = pl.from_arrow(users)
+            columns = [c for c in _RANKING_COLUMNS if c in users.columns]
+            columns += [c for c in users.columns if c.startswith("affinity_")]
+            ranking = users.select("user_id", *columns).join(
+                wished.select("user_id").unique(), on="user_id", how="semi"
+            )
+            if isinstance(ranking.schema.get("attributes"), pl.Struct):
+                # each shard infers its own struct; the features read JSON text just as well
+                ranking = ranking.with_columns(pl.col("attributes").struct.json_encode())
+            parts.append(wished.join(ranking, on="user_id", how="left"))
+        return pl.concat(parts, how="diagonal_relaxed")
 
     async def _send(
         self,
@@ -663,6 +817,16 @@ class EventRouter:
         for row in hopeless.select(*_DELIVERY_COLUMNS, "attempts", "error").iter_rows(named=True):
             reason = row.pop("error") or "failed"
             pipe.xadd(dlq_key(self.settings), dead_letter_fields("delivery", row, reason))
+            log.warning(
+                "delivery dead-lettered",
+                extra={
+                    "notification_id": row["notification_id"],
+                    "device_id": row["device_id"],
+                    "channel": row["channel"],
+                    "attempts": row["attempts"],
+                    "reason": reason,
+                },
+            )
         self._count_campaigns(answered, pipe)
         metrics.record_answers(answered)
         metrics.count_dead_letters("delivery", hopeless.height)
@@ -675,6 +839,13 @@ class EventRouter:
         """A token the provider says is gone is switched off in its shard at once."""
         if dead.height == 0:
             return
+        log.info(
+            "dead tokens deactivated",
+            extra={
+                "device_ids": dead["device_id"].to_list(),
+                "notification_ids": dead["notification_id"].to_list(),
+            },
+        )
         owners = shard_of(dead["user_id"].to_list(), self.settings.shards)
         device_ids = np.asarray(dead["device_id"].to_list(), dtype=object)
         await asyncio.gather(
@@ -686,10 +857,6 @@ class EventRouter:
 
     def _shard(self, index: int) -> ray.actor.ActorHandle:
         return self._handle(shard_name(index))
-
-    def _worker(self, shard: int) -> ray.actor.ActorHandle:
-        """Shard i is planned by worker i mod pool size: spreads shards over the pool."""
-        return self._handle(fanout_name(shard % self.settings.fanout_workers))
 
     def _sender(self, channel: str, lane: str) -> ray.actor.ActorHandle:
         return self._handle(sender_name(channel, lane))

@@ -16,6 +16,7 @@ import asyncio
 import pyarrow as pa
 
 from actors.senders.base import ProviderClient
+from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
 
 
@@ -46,6 +47,7 @@ class ChannelSender:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, channel: str, lane: str) -> None:
+        configure_logging(settings)
         self.channel = channel
         self.lane = lane
         self.client = provider_client(settings, channel, lane)

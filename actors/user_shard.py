@@ -18,6 +18,8 @@ import pyarrow as pa
 import ray
 
 from actors.columnar import GroupedTable, KeyedTable
+from cluster import metrics
+from cluster.logs import configure_logging
 from cluster.redis_clients import sync_client
 from cluster.settings import HeraldSettings
 from cluster.tables.activity import ACTIVITY
@@ -29,6 +31,7 @@ from cluster.tables.wishlists import WISHLISTS
 
 _HSCAN_COUNT = 10_000
 _HSET_FIELDS = 5_000  # fields per HSET command inside a pipeline
+SIZES_EVERY_S = 5.0  # shard-size gauges: at most this often on writes
 
 # The preference columns a snapshot carries (defaults filled in for users without a row).
 SNAPSHOT_PREFERENCES = (
@@ -48,6 +51,7 @@ class UserShard:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
+        configure_logging(settings)
         self.settings = settings
         self.index = index
         self.redis = sync_client(settings)
@@ -65,8 +69,10 @@ class UserShard:
         # reuses a version its previous life handed out.
         self.version = time.time_ns() // 1_000
         self._snapshot: dict | None = None
+        self._sizes_at = float("-inf")
         self._rebuild()
         self._rebuild_wishlists()
+        self.stats()
 
     # --- persistence ---------------------------------------------------------------------
     def _redis_key(self, table: str) -> str:
@@ -127,6 +133,7 @@ class UserShard:
         self._write_through(name, frame)
         self.tables[name].upsert(frame)
         self.version += 1
+        self._publish_sizes()
         return frame.height
 
     # --- writes --------------------------------------------------------------------------
@@ -199,6 +206,7 @@ class UserShard:
         pipe.execute()
         self.wishlists.replace(frame, users)
         self.version += 1
+        self._publish_sizes()
         return frame.height
 
     def deactivate_devices(self, device_ids: list[str]) -> int:
@@ -311,9 +319,15 @@ class UserShard:
         )
         return users, devices
 
+    def _publish_sizes(self) -> None:
+        """Shard sizes as gauges, at most every SIZES_EVERY_S on writes (counting rows
+        reads every table) and on every `stats()` call."""
+        if time.monotonic() - self._sizes_at >= SIZES_EVERY_S:
+            self.stats()
+
     def stats(self) -> dict[str, int]:
         devices = self.tables["devices"].frame()
-        return {
+        stats = {
             "shard": self.index,
             "devices": devices.height,
             "active_devices": int(devices["active"].sum()),
@@ -324,6 +338,9 @@ class UserShard:
             "affinities": len(self.tables["affinities"]),
             "device_bytes": devices.estimated_size(),
         }
+        self._sizes_at = time.monotonic()
+        metrics.set_shard_rows(stats)
+        return stats
 
     def ping(self) -> bool:
         return True

@@ -4,13 +4,18 @@ Actors are detached and named, so any Serve replica, CLI or notebook finds the s
 and they outlive the process that created them; `get_if_exists` makes this idempotent, so
 every ingress replica may call it. `max_restarts=-1` brings a dead actor back, and each
 rebuilds its state from Redis (shards) or its own pending log entries (routers).
+
+Every actor is placed with the SPREAD strategy: on a multi-node cluster shards, routers,
+senders and fan-out workers land on different nodes, so losing one node takes a slice of
+each role rather than all of one, and their restarts go to the nodes left. On one node
+SPREAD places exactly as the default does.
 """
 
 from __future__ import annotations
 
 import ray
 
-from actors.fanout_worker import FanoutWorker
+from actors.fanout_pool import start_fanout_worker
 from actors.kafka_ingestor import KafkaIngestor
 from actors.router import EventRouter
 from actors.sender import ChannelSender
@@ -18,8 +23,12 @@ from actors.user_shard import UserShard
 from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldSettings
 
+# Ray's scheduling strategy for every Herald actor (see the module docstring).
+SCHEDULING_STRATEGY = "SPREAD"
 
-def _options(settings: HeraldSettings, name: str, **extra) -> dict:
+
+def actor_options(settings: HeraldSettings, name: str, **extra) -> dict:
+    """The options every Herald actor is created with (the fan-out pool's too)."""
     return {
         "name": name,
         "namespace": settings.namespace,
@@ -27,6 +36,7 @@ def _options(settings: HeraldSettings, name: str, **extra) -> dict:
         "get_if_exists": True,
         "num_cpus": settings.actor_num_cpus,
         "max_restarts": -1,
+        "scheduling_strategy": SCHEDULING_STRATEGY,
         **extra,
     }
 
@@ -35,31 +45,33 @@ def shard_handle(settings: HeraldSettings, index: int) -> ray.actor.ActorHandle:
     return ray.get_actor(shard_name(index), namespace=settings.namespace)
 
 
+def start_fanout_workers(settings: HeraldSettings) -> list[ray.actor.ActorHandle]:
+    """Create (or find) the fixed fan-out pool without waiting for it. Campaign planning is
+    CPU-heavy columnar work: its own pool, off the routers' loops, each worker holding
+    `fanout_num_cpus` — the demand the autoscaler adds nodes for. Workers beyond these are
+    grown and removed with demand by `actors.fanout_pool`."""
+    return [start_fanout_worker(settings, i) for i in range(settings.fanout_workers)]
+
+
 def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
     """Start every actor Herald needs and wait until each answers."""
     shards = [
         ray.remote(UserShard)
-        .options(**_options(settings, shard_name(i), max_task_retries=3))
+        .options(**actor_options(settings, shard_name(i), max_task_retries=3))
         .remote(settings, i)
         for i in range(settings.shards)
     ]
     # One sender per (channel, lane): separate capacity, so marketing never delays orders.
     channel_senders = [
         ray.remote(ChannelSender)
-        .options(**_options(settings, sender_name(c, lane), max_concurrency=1000))
+        .options(**actor_options(settings, sender_name(c, lane), max_concurrency=1000))
         .remote(settings, c, lane)
         for c, lane in senders(settings)
     ]
-    # Campaign planning is CPU-heavy columnar work: its own pool, off the routers' loops.
-    workers = [
-        ray.remote(FanoutWorker)
-        .options(**_options(settings, fanout_name(i), max_concurrency=16))
-        .remote(settings, i)
-        for i in range(settings.fanout_workers)
-    ]
+    workers = start_fanout_workers(settings)
     routers = [
         ray.remote(EventRouter)
-        .options(**_options(settings, router_name(i), max_concurrency=1000))
+        .options(**actor_options(settings, router_name(i), max_concurrency=1000))
         .remote(settings, i)
         for i in range(settings.routers)
     ]
@@ -67,7 +79,7 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
     ray.get([r.start.remote() for r in routers], timeout=timeout_s)
     if settings.kafka_bootstrap:
         ray.remote(KafkaIngestor).options(
-            **_options(settings, INGESTOR, max_concurrency=100)
+            **actor_options(settings, INGESTOR, max_concurrency=100)
         ).remote(settings)
 
 
@@ -75,7 +87,7 @@ def kill_actors(settings: HeraldSettings) -> None:
     """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
     names = [shard_name(i) for i in range(settings.shards)]
     names += [sender_name(c, lane) for c, lane in senders(settings)]
-    names += [fanout_name(i) for i in range(settings.fanout_workers)]
+    names += [fanout_name(i) for i in range(settings.pool_max_workers)]
     names += [router_name(i) for i in range(settings.routers)] + [INGESTOR]
     for name in names:
         try:

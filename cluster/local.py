@@ -73,6 +73,7 @@ class LocalStack:
         http_port: int | None = 8000,
         num_cpus: int | None = None,
         dashboard: bool = False,
+        ray_address: str | None = None,
         **overrides: Any,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -81,6 +82,9 @@ class LocalStack:
         self.metrics_port = free_port()
         self.num_cpus = num_cpus
         self.dashboard = dashboard
+        # A running cluster to join instead of starting a local Ray (multi-node tests);
+        # stop() then only disconnects: the cluster and what runs on it are its owner's.
+        self.ray_address = ray_address
         self.overrides = overrides
         self.redis: EmbeddedRedis | None = None
         self.apns: Emulator | None = None
@@ -133,8 +137,17 @@ class LocalStack:
     def start_ray(self) -> None:
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
+        if self._owns_ray and self.ray_address is not None:
             ray.init(
+                address=self.ray_address,
+                namespace=self.settings.namespace,
+                log_to_driver=False,
+            )
+        elif self._owns_ray:
+            ray.init(
+                # Always a Ray of our own: without this, ray.init() joins whatever cluster
+                # `ray start` (or another test session) left running on this machine.
+                address="local",
                 num_cpus=self.num_cpus,
                 namespace=self.settings.namespace,
                 include_dashboard=self.dashboard,

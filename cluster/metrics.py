@@ -165,3 +165,34 @@ def set_model_in_use(worker: int, version: str, previous: str | None) -> None:
     if previous is not None and previous != version:
         model_in_use().set(0, tags={"worker": str(worker), "model_version": previous})
     model_in_use().set(1, tags={"worker": str(worker), "model_version": version})
+
+
+@cache
+def shard_rows() -> Gauge:
+    return Gauge(
+        "herald_shard_rows",
+        description="Rows a user shard holds, per shard and table (devices, active_devices, "
+        "profiles, preferences, wishlist_rows, activity, affinities).",
+        tag_keys=("shard", "table"),
+    )
+
+
+@_never_raises
+def set_shard_rows(stats: dict[str, int]) -> None:
+    shard = str(stats["shard"])
+    for table, rows in stats.items():
+        if table not in ("shard", "device_bytes"):
+            shard_rows().set(rows, tags={"shard": shard, "table": table})
+
+
+@cache
+def fanout_workers() -> Gauge:
+    return Gauge(
+        "herald_fanout_workers",
+        description="Fan-out workers a campaign last ran with (the fixed pool plus grown ones).",
+    )
+
+
+@_never_raises
+def set_fanout_workers(n: int) -> None:
+    fanout_workers().set(n)

@@ -35,6 +35,12 @@ class HeraldSettings(BaseSettings):
         14 * 24 * 3600, description="How long delivery status of a notification is kept."
     )
     inbox_max_items: int = Field(200, description="Newest inbox items kept per user.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of Herald's own loggers (`herald.*`)."
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="One redacted JSON object per log line, or plain redacted text."
+    )
 
     # --- fallback --------------------------------------------------------------------------
     fallback_webhook_url: str | None = Field(
@@ -113,7 +119,35 @@ class HeraldSettings(BaseSettings):
 
     # --- campaigns -----------------------------------------------------------------------
     fanout_workers: int = Field(
-        2, ge=1, le=1024, description="Fan-out worker actors that plan campaigns per shard."
+        2,
+        ge=1,
+        le=1024,
+        description="Fan-out worker actors that plan campaigns per shard (always running).",
+    )
+    fanout_workers_max: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Most fan-out workers the pool grows to with campaign demand; unset: "
+        "HERALD_FANOUT_WORKERS (a fixed pool).",
+    )
+    fanout_shards_per_worker: int = Field(
+        1, ge=1, description="Shard plans per fan-out worker before the pool grows."
+    )
+    fanout_num_cpus: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs each fan-out worker reserves (what the autoscaler adds nodes for); "
+        "unset: HERALD_ACTOR_NUM_CPUS.",
+    )
+    fanout_grow_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a campaign waits for a new fan-out worker (e.g. on a node the "
+        "autoscaler is adding) before going on with the workers it has.",
+    )
+    fanout_idle_s: float = Field(
+        300.0, gt=0, description="Grown fan-out workers are removed after the pool idles this long."
     )
     campaign_lease_s: float = Field(
         120.0,
@@ -125,6 +159,12 @@ class HeraldSettings(BaseSettings):
     )
     fanout_in_flight: int = Field(
         4, ge=1, le=64, description="Delivery batches a campaign fan-out has in flight at most."
+    )
+    price_drop_audience_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Most wishers one price drop notifies, best-ranked first (the rest are "
+        "counted, not sent); unset: every eligible wisher, still sent in ranked order.",
     )
     feedback_stream_max: int = Field(
         10_000_000, ge=1000, description="Newest feedback actions kept in the feedback stream."
@@ -209,7 +249,14 @@ class HeraldSettings(BaseSettings):
     def _kafka_log_needs_a_broker(self) -> HeraldSettings:
         if self.event_log == "kafka" and not self.kafka_bootstrap:
             raise ValueError("event_log=kafka needs kafka_bootstrap (HERALD_KAFKA_BOOTSTRAP)")
+        if self.fanout_workers_max is not None and self.fanout_workers_max < self.fanout_workers:
+            raise ValueError("fanout_workers_max must be at least fanout_workers")
         return self
+
+    @property
+    def pool_max_workers(self) -> int:
+        """The fan-out pool's ceiling (`fanout_workers_max`, else `fanout_workers`)."""
+        return self.fanout_workers_max or self.fanout_workers
 
     @property
     def feedback_root(self) -> Path:

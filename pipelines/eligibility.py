@@ -1,6 +1,8 @@
 """Campaign eligibility: which users of one shard may get a marketing campaign now, later (quiet
 hours) or not at all (and why) — pure functions over a polars frame of candidate users, no
-Python loop over users (only over the few hundred distinct time zones).
+Python loop over users (only over the few hundred distinct time zones). Price drops go
+through the same functions, with their own category (`price_alert`) and one row per (event,
+wisher) notification (`split`, `repeat`, `over_cap_in_batch`).
 
 Input columns: `user_id` String; `timezone` String (IANA name; null or unknown → UTC); `push`,
 `inbox`, `cat_marketing` Boolean (null → True); `quiet_start_min`, `quiet_end_min` Int16
@@ -106,6 +108,8 @@ def eligible(
     respect_quiet_hours: bool,
     sent_today: pl.DataFrame | None = None,
     already_sent: pl.Series | None = None,
+    category: str = "marketing",
+    repeat: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Returns (kept, suppressed_counts). `kept` = the input rows that may receive the campaign,
     plus `send_push`, `send_inbox` (Boolean: which of the campaign's channels each user gets)
@@ -114,25 +118,86 @@ def eligible(
     REASONS; each suppressed user is counted once, under the first reason in the order
     category_opt_out → already_sent → channel_opt_out → no_reachable_channel →
     frequency_cap, so that len(kept) + sum(counts) == len(users). `sent_today` (user_id,
-    count) is what each user already got on their local day (see `local_day`)."""
+    count) is what each user already got on their local day (see `local_day`).
+
+    `category` names the preference column checked for the category opt-out
+    (`cat_<category>`; campaigns: marketing, price drops: price_alert). `repeat` (Boolean
+    per row, null → False) marks rows already sent, for callers whose rows are notifications
+    rather than users (a price drop's row is one (event, wisher)); it adds to
+    `already_sent`, which is per user."""
+    kept, _, counts = _classify(
+        users,
+        now=now,
+        channels=channels,
+        respect_quiet_hours=respect_quiet_hours,
+        sent_today=sent_today,
+        already_sent=already_sent,
+        category=category,
+        repeat=repeat,
+    )
+    return kept, counts
+
+
+def split(
+    users: pl.DataFrame,
+    *,
+    now: float,
+    channels: Sequence[str],
+    respect_quiet_hours: bool,
+    sent_today: pl.DataFrame | None = None,
+    already_sent: pl.Series | None = None,
+    category: str = "marketing",
+    repeat: pl.Series | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """`eligible`, plus the suppressed rows themselves: (kept, suppressed, counts), where
+    `suppressed` is the input rows that may not receive it with a String `reason` column
+    (one of REASONS, as counted) — for callers that record why each one was suppressed."""
+    kept, reasons, counts = _classify(
+        users,
+        now=now,
+        channels=channels,
+        respect_quiet_hours=respect_quiet_hours,
+        sent_today=sent_today,
+        already_sent=already_sent,
+        category=category,
+        repeat=repeat,
+    )
+    suppressed = users.with_columns(reasons.alias("reason")).filter(pl.col("reason").is_not_null())
+    return kept, suppressed, counts
+
+
+def _classify(
+    users: pl.DataFrame,
+    *,
+    now: float,
+    channels: Sequence[str],
+    respect_quiet_hours: bool,
+    sent_today: pl.DataFrame | None,
+    already_sent: pl.Series | None,
+    category: str,
+    repeat: pl.Series | None,
+) -> tuple[pl.DataFrame, pl.Series, dict[str, int]]:
+    """(kept, reason per input row — null for kept rows —, counts): see `eligible`."""
     wanted = set(channels)
     if not wanted or not wanted <= CHANNELS:
         raise ValueError(f"channels must be a non-empty subset of {sorted(CHANNELS)}: {channels}")
     allows_push = pl.lit("push" in wanted) & pl.col("push").fill_null(True)
     allows_inbox = pl.lit("inbox" in wanted) & pl.col("inbox").fill_null(True)
     send_push = allows_push & pl.col("has_push_device").fill_null(False)
-    repeat = (
+    repeat_expr = (
         pl.col("user_id")
         .is_in(already_sent.cast(pl.String).drop_nulls().implode())
         .fill_null(False)
         if already_sent is not None
         else pl.lit(False)
     )
+    if repeat is not None:
+        repeat_expr = repeat_expr | pl.lit(repeat.cast(pl.Boolean).fill_null(False))
     cap = pl.col("max_marketing_per_day").fill_null(DEFAULT_MAX_MARKETING_PER_DAY)
     reason = (
-        pl.when(~pl.col("cat_marketing").fill_null(True))
+        pl.when(~pl.col(f"cat_{category}").fill_null(True))
         .then(pl.lit("category_opt_out"))
-        .when(repeat)
+        .when(repeat_expr)
         .then(pl.lit("already_sent"))
         .when(~(allows_push | allows_inbox))
         .then(pl.lit("channel_opt_out"))
@@ -153,7 +218,27 @@ def eligible(
         if respect_quiet_hours
         else pl.repeat(None, kept.height, dtype=pl.Float64, eager=True)
     )
-    return kept.with_columns(send_after.alias("send_after")), counts
+    return kept.with_columns(send_after.alias("send_after")), reasons, counts
+
+
+def over_cap_in_batch(
+    rows: pl.DataFrame, sent_today: pl.DataFrame | None, *, order: str
+) -> pl.Series:
+    """Boolean per row of `rows` (user_id, max_marketing_per_day, `order`), for callers with
+    several rows per user in one batch (several price drops a user wishes for): True where
+    the user's cap is reached counting what they got today plus their rows before this one,
+    best `order` first (ties: row order). A user at count c with cap m keeps at most m − c
+    rows; `eligible` already dropped users with c ≥ m, so this only trims the extra rows."""
+    out = np.zeros(rows.height, dtype=bool)
+    repeated = rows["user_id"].is_duplicated()
+    if repeated.any():  # only users with several rows can go over; usually few or none
+        several = rows.with_row_index("_row").filter(repeated)
+        cap = pl.col("max_marketing_per_day").fill_null(DEFAULT_MAX_MARKETING_PER_DAY)
+        before = pl.col(order).rank("ordinal", descending=True).over("user_id").cast(pl.Int64)
+        prior = _sent_counts(several["user_id"], sent_today)
+        over = several.select(pl.lit(prior) + before - 1 >= cap).to_series()
+        out[several["_row"].filter(over).to_numpy()] = True
+    return pl.Series("over_cap", out, dtype=pl.Boolean)
 
 
 def _sent_counts(user_ids: pl.Series, sent_today: pl.DataFrame | None) -> pl.Series:

@@ -1,101 +1,232 @@
-"""price.dropped → one notification per (event, user whose wishlist holds the product): a
-push to each of the user's active devices and an inbox item, as the user's channel and
-`price_alert` category preferences allow — the same rule order updates follow with `order`.
+"""price.dropped → one notification per (event, user whose wishlist holds the product), gone
+through the same eligibility and ranking as a campaign: a push to each of the user's active
+devices and an inbox item, as the user's channel and `price_alert` category preferences
+allow, within their marketing frequency cap, held until their quiet hours end, best-ranked
+wishers first.
 
 The notification id is `<event_id>:<user_id>`, so `GET /v1/notifications/{id}` answers per
 user, and a redelivered event maps onto the same ids (and is deduplicated like any other).
 
 Pure functions over polars frames, in two steps so a large fan-out never holds all of its
 content at once: `plan` turns a batch of events and the shards' wisher rows into *targets*
-(one row per delivery: who, which device and channel — no content) plus the suppressed
-notifications; `render` then makes the DELIVERIES rows of one bounded chunk of targets at a
-time, as the router sends it.
+(one row per delivery: who, which device and channel, when — no content), the suppressed
+notifications and the counts by stage; `render` then makes the DELIVERIES rows of one
+bounded chunk of targets at a time, as the router sends it.
 
-Not here yet (later issues): ranking, frequency caps (`max_marketing_per_day`), quiet hours
-and per-user dedup across events — every wisher who allows price alerts is notified.
+What `plan` does, all in columns (no Python loop over users; only over the few distinct
+categories of a batch's events, one ranker call each):
+
+1. **Eligibility** — `pipelines.eligibility.split`, the campaigns' own rules, one row per
+   (event, wisher): the `price_alert` category opt-out; `already_sent` (the router's record
+   of whom this event already reached, on a redelivery); no allowed channel; no reachable
+   channel (push only, no active device); the per-user marketing frequency cap
+   (`max_marketing_per_day`, today's count in the user's own local day, shared with
+   campaigns). Quiet hours (in the user's zone, DST-correct) do not suppress: the
+   notification gets `send_after`, the end of the window, and the router holds it in the
+   marketing retry set until then, as it does a campaign's.
+2. **Ranking** — the ranker (the registry's current model) scores P(opened) per wisher, as
+   for one campaign variant of style `STYLE` ("discount": what a price drop is), with the
+   event's `category` (an optional event field) as the affinity feature; unknown or missing
+   category → affinity 0.
+3. **Frequency cap inside the batch** — a user who wishes for several of the products that
+   dropped in one batch counts each notification against the cap, best-scored first
+   (`eligibility.over_cap_in_batch`): at count c with cap m they get at most m − c of them.
+4. **Audience limit** — `audience_limit` (setting `price_drop_audience_limit`) keeps the
+   best-scored wishers of each event; None: every eligible wisher. Those left out are
+   counted (`eligible` − `selected`) but not recorded per user: bounding the work per drop
+   is what the limit is for. Targets come out best score first, so with or without a limit
+   the ranked order decides who is sent (and who hears of the drop) first.
+
+Suppressed notifications are recorded with their reason (`GET /v1/notifications/{id}`
+answers `suppressed`), except `already_sent` ones, whose record is the one that reached the
+user. Counts: `targeted` (notifications), `suppressed:<reason>` for every reason of
+`eligibility.REASONS`, `eligible`, `selected`, `deferred` — as a campaign's.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import polars as pl
 
 from cluster.tables.deliveries import DELIVERIES
 from cluster.tables.devices import CHANNEL_OF_PLATFORM
+from models.ranker import Ranker
+from pipelines import eligibility
 
 TYPE = "price.dropped"
 TITLE = "Price drop"
 UNNAMED = "An item on your wishlist"
+STYLE = "discount"  # the variant style a price drop is scored as
+VARIANTS = pl.DataFrame({"variant_id": ["price_drop"], "style": [STYLE]})
+CHANNELS = ("push", "inbox")
+CATEGORY = "price_alert"  # the preference category (cat_price_alert) price drops obey
 
 _CHANNELS = pl.DataFrame(
     {"platform": list(CHANNEL_OF_PLATFORM), "channel": list(CHANNEL_OF_PLATFORM.values())}
 )
 _DELIVERY_COLUMNS = [field.name for field in DELIVERIES]
+# What the router needs of a delivery beyond DELIVERIES: its event and product, when to send
+# it (null: now), the local day its user's frequency count goes to, the score it ranked by.
+RECORD_COLUMNS = ["event_id", "product_id", "send_after", "local_day", "score"]
 TARGET_COLUMNS = [
     "notification_id",
-    "event_id",
-    "product_id",
     "user_id",
     "device_id",
     "channel",
     "token",
     "lane",
     "accepted_at",
+    *RECORD_COLUMNS,
 ]
+SUPPRESSED_COLUMNS = ["notification_id", "user_id", "event_id", "product_id", "accepted_at"]
 EMPTY_DELIVERIES = pl.from_arrow(DELIVERIES.empty_table())
+# Columns eligibility reads that a wisher row may lack (no profile, no preferences row).
+_OPTIONAL = {
+    "timezone": pl.String,
+    "quiet_start_min": pl.Int16,
+    "quiet_end_min": pl.Int16,
+    "max_marketing_per_day": pl.Int32,
+    "category": pl.String,
+}
+_DEVICE_COLUMNS = ["device_id", "platform", "token"]
+
+
+class Plan(NamedTuple):
+    """`targets`: `TARGET_COLUMNS`, one row per delivery, best-scored notification first,
+    a notification's rows adjacent. `suppressed`: `SUPPRESSED_COLUMNS` + reason, one row
+    per notification to record as suppressed. `counts`: by stage, see the module doc."""
+
+    targets: pl.DataFrame
+    suppressed: pl.DataFrame
+    counts: dict[str, int]
 
 
 def notification_id(event_id: pl.Expr, user_id: pl.Expr) -> pl.Expr:
     return pl.concat_str([event_id, pl.lit(":"), user_id])
 
 
-def plan(events: pl.DataFrame, audience: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Targets and suppressed notifications for a batch of price.dropped events.
-
-    `events`: event_id, product_id, lane, accepted_at (more columns are ignored).
-    `audience`: the shards' `wishers` rows — product_id, user_id, preferences (defaults
-    filled), and device_id/platform/token of each active device (null for none).
-    Returns (targets: `TARGET_COLUMNS`, one row per delivery, sorted by notification;
-    suppressed: notification_id, user_id, event_id, product_id, accepted_at, reason).
-    """
-    prefs = ["push", "inbox", "cat_price_alert"]
-    rows = (
-        events.select("event_id", "product_id", "lane", "accepted_at")
-        .join(audience, on="product_id", how="inner")
-        .with_columns(
-            pl.col(prefs).fill_null(True),
-            notification_id=notification_id(pl.col("event_id"), pl.col("user_id")),
-        )
+def candidates(events: pl.DataFrame, audience: pl.DataFrame) -> pl.DataFrame:
+    """One row per (event, wisher) delivery candidate — the wisher rows of each event's
+    product — with `notification_id` and the columns eligibility needs filled in."""
+    keep = ["event_id", "product_id", "lane", "accepted_at"]
+    keep += ["category"] if "category" in events.columns else []
+    rows = events.select(keep).join(audience, on="product_id", how="inner")
+    missing = {c: t for c, t in _OPTIONAL.items() if c not in rows.columns}
+    missing |= {c: pl.String for c in _DEVICE_COLUMNS if c not in rows.columns}
+    return rows.with_columns(
+        *[pl.lit(None, dtype=t).alias(c) for c, t in missing.items()],
+        notification_id=notification_id(pl.col("event_id"), pl.col("user_id")),
     )
-    wanted = rows.filter(pl.col("cat_price_alert"))
+
+
+def plan(
+    events: pl.DataFrame,
+    audience: pl.DataFrame,
+    *,
+    now: float,
+    ranker: Ranker,
+    sent_today: pl.DataFrame | None = None,
+    already_sent: pl.Series | None = None,
+    audience_limit: int | None = None,
+) -> Plan:
+    """Targets, suppressed notifications and counts for a batch of price.dropped events.
+
+    `events`: event_id, product_id, lane, accepted_at, and optionally category (more
+    columns are ignored). `audience`: the wisher rows — product_id, user_id, preferences
+    (push, inbox, cat_price_alert, quiet_start_min, quiet_end_min, max_marketing_per_day;
+    null → default), device_id/platform/token of each active device (null for none), and
+    the ranker's user columns when known (timezone, country, attributes, last_active_at,
+    platforms, affinity_<category>...). `sent_today` (user_id, count): marketing already
+    sent in each user's local day. `already_sent`: notification ids this batch's events
+    already delivered or hold (a redelivery). `now`: epoch s of the plan."""
+    rows = candidates(events, audience)
+    users = (
+        rows.with_columns(
+            has_push_device=pl.col("device_id").is_not_null().any().over("notification_id")
+        )
+        .unique("notification_id", keep="first", maintain_order=True)
+        .drop(_DEVICE_COLUMNS)
+    )
+    repeat = (
+        users["notification_id"].is_in(already_sent.implode()) if already_sent is not None else None
+    )
+    kept, suppressed, reasons = eligibility.split(
+        users,
+        now=now,
+        channels=CHANNELS,
+        respect_quiet_hours=True,
+        sent_today=sent_today,
+        category=CATEGORY,
+        repeat=repeat,
+    )
+    kept = kept.with_columns(score=_scores(kept, ranker, now))
+    over = eligibility.over_cap_in_batch(kept, sent_today, order="score")
+    capped = kept.filter(over).with_columns(reason=pl.lit("frequency_cap"))
+    kept = kept.filter(~over)
+    reasons["frequency_cap"] += capped.height
+    eligible = kept.height
+    if audience_limit is not None:  # each event's best; ties: row order
+        best_first = pl.col("score").rank("ordinal", descending=True).over("event_id")
+        kept = kept.filter(best_first <= audience_limit)
+    # best score first; ties by event order in the batch, then user id: deterministic
+    order = events.select("event_id").unique(maintain_order=True).with_row_index("_event")
+    kept = (
+        kept.join(order, on="event_id", how="left")
+        .sort(["score", "_event", "user_id"], descending=[True, False, False])
+        .drop("_event")
+    )
+    kept = kept.with_columns(local_day=eligibility.local_day(kept, now)).with_row_index("_order")
+    devices = rows.filter(pl.col("device_id").is_not_null()).select(
+        "notification_id", *_DEVICE_COLUMNS
+    )
+    base = [c for c in TARGET_COLUMNS if c not in ("device_id", "channel", "token")]
     pushes = (
-        wanted.filter(pl.col("push") & pl.col("device_id").is_not_null())
+        kept.filter(pl.col("send_push"))
+        .select("_order", *base)
+        .join(devices, on="notification_id", how="inner")
         .join(_CHANNELS, on="platform", how="inner")
-        .select(TARGET_COLUMNS)
     )
     inbox = (
-        wanted.filter(pl.col("inbox"))
-        .unique(subset="notification_id", keep="first")
+        kept.filter(pl.col("send_inbox"))
+        .select("_order", *base)
         .with_columns(device_id=pl.lit("inbox"), channel=pl.lit("inbox"), token=pl.lit(""))
-        .select(TARGET_COLUMNS)
     )
-    targets = pl.concat([pushes, inbox]).sort("notification_id", "device_id")
-    notifications = rows.unique(subset="notification_id", keep="first")
-    reason = (
-        pl.when(~pl.col("cat_price_alert"))
-        .then(pl.lit("category_opt_out"))
-        .when(~pl.col("push") & ~pl.col("inbox"))
-        .then(pl.lit("channel_opt_out"))
-        .otherwise(pl.lit("no_active_device"))
+    targets = (
+        pl.concat(
+            [pushes.select("_order", *TARGET_COLUMNS), inbox.select("_order", *TARGET_COLUMNS)]
+        )
+        .sort("_order", "device_id")
+        .drop("_order")
     )
-    suppressed = notifications.join(targets, on="notification_id", how="anti").select(
-        "notification_id",
-        "user_id",
-        "event_id",
-        "product_id",
-        "accepted_at",
-        reason.alias("reason"),
+    recorded = pl.concat(
+        [
+            suppressed.filter(pl.col("reason") != "already_sent").select(
+                *SUPPRESSED_COLUMNS, "reason"
+            ),
+            capped.select(*SUPPRESSED_COLUMNS, "reason"),
+        ]
     )
-    return targets, suppressed
+    counts = {
+        "targeted": users.height,
+        **{f"suppressed:{reason}": n for reason, n in reasons.items()},
+        "eligible": eligible,
+        "selected": kept.height,
+        "deferred": int(kept["send_after"].is_not_null().sum()),
+    }
+    return Plan(targets, recorded, counts)
+
+
+def _scores(kept: pl.DataFrame, ranker: Ranker, now: float) -> pl.Series:
+    """P(opened) per row, one ranker call per distinct category among the rows' events."""
+    out = np.zeros(kept.height, dtype=np.float64)
+    if kept.height:
+        indexed = kept.with_row_index("_row")
+        for (category,), part in indexed.partition_by("category", as_dict=True).items():
+            scores = ranker.score(part, VARIANTS, category=category, now=now)
+            out[part["_row"].to_numpy()] = scores[:, 0]
+    return pl.Series("score", out, dtype=pl.Float64)
 
 
 def _money(column: str) -> pl.Expr:
@@ -125,9 +256,10 @@ def messages(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def render(targets: pl.DataFrame, content: pl.DataFrame) -> pl.DataFrame:
-    """DELIVERIES rows for a chunk of targets; `content` is `messages(events)`."""
+    """DELIVERIES rows for a chunk of targets, plus `RECORD_COLUMNS`, in the targets' order;
+    `content` is `messages(events)`."""
     return (
-        targets.join(content, on="event_id", how="left")
+        targets.join(content, on="event_id", how="left", maintain_order="left")
         .with_columns(
             delivery_id=pl.col("notification_id") + "|" + pl.col("device_id"),
             data=pl.struct(
@@ -139,17 +271,27 @@ def render(targets: pl.DataFrame, content: pl.DataFrame) -> pl.DataFrame:
                 currency=pl.col("currency"),
             ).struct.json_encode(),
         )
-        .select(_DELIVERY_COLUMNS)
+        .select(*_DELIVERY_COLUMNS, *RECORD_COLUMNS)
     )
 
 
-def meta(rows: pl.DataFrame) -> pl.DataFrame:
-    """The delivery state's meta of each notification in `rows` (targets or suppressed)."""
-    return rows.unique(subset="notification_id", keep="first").select(
+def meta(rows: pl.DataFrame, model_version: str | None = None) -> pl.DataFrame:
+    """The delivery state's meta of each notification in `rows` (targets or suppressed):
+    targets also carry the score they were ranked by, the model version, and `send_after`
+    (when quiet hours held them)."""
+    extra = {}
+    if "score" in rows.columns:
+        extra = {
+            "score": pl.col("score"),
+            "model_version": pl.lit(model_version, dtype=pl.String),
+            "send_after": pl.col("send_after"),
+        }
+    return rows.unique(subset="notification_id", keep="first", maintain_order=True).select(
         "notification_id",
         type=pl.lit(TYPE),
         user_id="user_id",
         accepted_at="accepted_at",
         event_id="event_id",
         product_id="product_id",
+        **extra,
     )

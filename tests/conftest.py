@@ -50,6 +50,9 @@ def stack(
         feedback_export_s=0.5,
         # A failed campaign fan-out comes back after its lease: short, so tests see it.
         campaign_lease_s=6.0,
+        # One fixed fan-out worker; campaigns over the 2 shards grow the pool to 2.
+        fanout_workers=1,
+        fanout_workers_max=2,
     ) as running:
         deadline = time.monotonic() + 60
         while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:

@@ -28,6 +28,11 @@ class TcpProxy:
         self.loop = asyncio.new_event_loop()
         self._up = True
         self._writers: set[asyncio.StreamWriter] = set()
+        # Connections refused while cut, failed to reach the target, and forwarded.
+        self.refused = 0
+        self.upstream_errors: list[str] = []
+        self.forwarded = 0
+        self.target_hangups: list[tuple[float, int, int]] = []  # (when, bytes in, bytes out)
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -38,27 +43,37 @@ class TcpProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self._up:
+            self.refused += 1
             writer.close()
             return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
+        except OSError as exc:
+            self.upstream_errors.append(repr(exc))
             writer.close()
             return
+        self.forwarded += 1
         self._writers |= {writer, up_writer}
+        moved = {"client": 0, "target": 0}
+        first_eof: list[str] = []
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, side: str) -> None:
             try:
                 while data := await src.read(65536):
+                    moved[side] += len(data)
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
                 pass
             finally:
+                first_eof.append(side)
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, "client"), pipe(up_reader, writer, "target"))
         self._writers -= {writer, up_writer}
+        if first_eof and first_eof[0] == "target" and self._up:
+            # The broker hung up on a live link: with what it had been sent and answered.
+            self.target_hangups.append((time.time(), moved["client"], moved["target"]))
 
     def cut(self) -> None:
         def _cut() -> None:
@@ -90,9 +105,10 @@ class TansuBroker:
         self.process = subprocess.Popen(
             [str(TANSU), "broker", "--listener-url", f"tcp://127.0.0.1:{self.broker_port}",
              "--advertised-listener-url", advertised],
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(tempfile.gettempdir()) / f"tansu-{self.broker_port}.log", "w"),  # noqa: SIM115
-            env={**os.environ, "RUST_LOG": "warn"},
+            # tansu logs to stdout: kept for post-mortems of broker-side faults.
+            stdout=open(Path(tempfile.gettempdir()) / f"tansu-{self.broker_port}.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": os.environ.get("HERALD_TEST_TANSU_LOG", "warn")},
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while True:

@@ -229,6 +229,17 @@ def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, popu
     }
     assert len(sent_users) == LIMIT
     assert sure <= sent_users <= maybe
+    # each one now counts once toward today's marketing frequency cap (their local day)
+    r = stack_redis(stack)
+    days = list(r.scan_iter(match=stack.settings.key("freq", "*")))
+    pipe = r.pipeline(transaction=False)
+    for user in sorted(sent_users):
+        for day in days:
+            pipe.hget(day, user)
+    counts = pipe.execute()
+    per_user = [sum(int(c or 0) for c in counts[i : i + len(days)])
+                for i in range(0, len(counts), len(days))]  # fmt: skip
+    assert per_user == [1] * LIMIT
 
     deferred = sent_users & expected["deferred_users"]
     assert status["deferred"] == len(deferred)

@@ -343,4 +343,11 @@ def test_kafka_connection_dropped_and_restored(stack, scenario, kafka):
         assert kafka.process.poll() is None, f"the broker itself died: {kafka.process.returncode}"
 
     s.post_all(fault_at=0.4, fault=fault, kafka=kafka)
-    s.check("kafka_drop")
+    proxy = kafka.proxy
+    try:
+        s.check("kafka_drop")
+    finally:  # what the link saw, to tell a broker-side fault from a client-side one
+        hangups = proxy.target_hangups
+        print(f"proxy: forwarded {proxy.forwarded}, refused while cut {proxy.refused}, "
+              f"target unreachable {len(proxy.upstream_errors)} {proxy.upstream_errors[:3]}, "
+              f"target hung up {len(hangups)}: {hangups[-5:]}")  # fmt: skip

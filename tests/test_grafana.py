@@ -16,7 +16,8 @@ def recorded() -> dict[str, set[str]]:
     out = {}
     for make in (metrics.ingested, metrics.notifications, metrics.latency,
                  metrics.dead_letters, metrics.log_backlog, metrics.campaign_users,
-                 metrics.fanout_plan_seconds, metrics.model_in_use):  # fmt: skip
+                 metrics.fanout_plan_seconds, metrics.model_in_use,
+                 metrics.shard_rows, metrics.fanout_workers):  # fmt: skip
         metric = make()
         out[f"ray_{metric._name}"] = set(metric._tag_keys)
     return out

@@ -23,7 +23,7 @@ def scrape(url: str) -> dict[str, float]:
         mine = sorted(
             f"{k}={v}"
             for k, v in re.findall(r'(\w+)="([^"]*)"', labels)
-            if k in ("type", "lane", "result", "channel", "outcome", "kind", "le")
+            if k in ("type", "lane", "result", "channel", "outcome", "kind", "le", "shard", "table")
         )
         key = f"{name}{{{','.join(mine)}}}"
         out[key] = out.get(key, 0.0) + float(value)
@@ -67,3 +67,23 @@ def test_order_update_shows_up_in_metrics(stack, api, uid):
         )
         >= 3
     )
+
+
+def test_shard_sizes_are_gauges(stack, api, uid):
+    """Each shard reports its rows per table; a registration shows up in the device count
+    the next time sizes are published (admin stats publishes them at once)."""
+    before = api.get("/v1/admin/stats").json()
+    register(api, f"ms-{uid}", "ios", apns_token())
+    after = api.get("/v1/admin/stats").json()
+    key = "ray_herald_shard_rows{shard=%d,table=devices}"
+    total_before = sum(s["devices"] for s in before["shards"])
+    total_after = sum(s["devices"] for s in after["shards"])
+    assert total_after == total_before + 1
+    deadline = time.monotonic() + 60
+    while True:
+        seen = scrape(stack.metrics_url)
+        shown = [seen.get(key % s["shard"]) for s in after["shards"]]
+        if shown == [s["devices"] for s in after["shards"]]:
+            break
+        assert time.monotonic() < deadline, (shown, after["shards"])
+        time.sleep(2)

@@ -1,13 +1,23 @@
-"""price.dropped → targets and deliveries, honouring the price_alert category and channel
-preferences; wishlists as grouped columns (replace semantics)."""
+"""price.dropped → targets and deliveries through the campaigns' eligibility and ranker:
+the price_alert category and channel preferences, quiet hours (held, not dropped), the
+marketing frequency cap (also across several drops in one batch), dedup on redelivery,
+ranked order and the per-drop audience limit; wishlists as grouped columns (replace
+semantics). Pure unit tests: no Ray, no Redis."""
 
 import json
+from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
+import pytest
 
 from actors.columnar import GroupedTable
 from cluster.tables.wishlists import WISHLISTS
-from pipelines.price_drops import messages, meta, plan, render
+from models.ranker import load_ranker
+from pipelines.price_drops import VARIANTS, Plan, messages, meta, plan, render
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()  # Berlin 13:00 (UTC+1)
+RANKER = load_ranker()
 
 EVENTS = pl.DataFrame(
     {
@@ -24,14 +34,14 @@ EVENTS = pl.DataFrame(
 # One row per (product, user, active device); null device columns for a user without one.
 AUDIENCE = pl.DataFrame(
     {
-        "product_id": ["P", "P", "P", "P", "P", "P", "Q"],
-        "user_id": ["both", "both", "nodevice", "nopush", "optout", "mute", "both"],
-        "push": [True, True, True, False, True, False, True],
-        "inbox": [True, True, True, True, True, False, True],
-        "cat_price_alert": [True, True, True, True, False, True, True],
-        "device_id": ["d-ios", "d-and", None, "d-web", "d-x", "d-m", "d-ios"],
-        "platform": ["ios", "android", None, "web", "ios", "ios", "ios"],
-        "token": ["a" * 64, "x:y", None, "w:z", "b" * 64, "c" * 64, "a" * 64],
+        "product_id": ["P", "P", "P", "P", "P", "P", "P", "Q"],
+        "user_id": ["both", "both", "nodevice", "nopush", "optout", "mute", "pushonly", "both"],
+        "push": [True, True, True, False, True, False, True, True],
+        "inbox": [True, True, True, True, True, False, False, True],
+        "cat_price_alert": [True, True, True, True, False, True, True, True],
+        "device_id": ["d-ios", "d-and", None, "d-web", "d-x", "d-m", None, "d-ios"],
+        "platform": ["ios", "android", None, "web", "ios", "ios", None, "ios"],
+        "token": ["a" * 64, "x:y", None, "w:z", "b" * 64, "c" * 64, None, "a" * 64],
     }
 )
 
@@ -43,23 +53,92 @@ def by_notification(frame: pl.DataFrame) -> dict[str, set[tuple[str, str]]]:
     return out
 
 
+def run(events=EVENTS, audience=AUDIENCE, **kwargs) -> Plan:
+    return plan(events, audience, now=NOW, ranker=kwargs.pop("ranker", RANKER), **kwargs)
+
+
+def wishers(product: str, users: list[str], **columns) -> pl.DataFrame:
+    """Wisher rows of `product`, one iPhone each, every preference at its default unless
+    given (a column of values, one per user)."""
+    n = len(users)
+    base = {
+        "product_id": [product] * n,
+        "user_id": users,
+        "push": [True] * n,
+        "inbox": [True] * n,
+        "cat_price_alert": [True] * n,
+        "cat_marketing": [True] * n,
+        "timezone": ["UTC"] * n,
+        "quiet_start_min": pl.Series([None] * n, dtype=pl.Int16),
+        "quiet_end_min": pl.Series([None] * n, dtype=pl.Int16),
+        "max_marketing_per_day": pl.Series([3] * n, dtype=pl.Int32),
+        "device_id": [f"d-{u}" for u in users],
+        "platform": ["ios"] * n,
+        "token": ["a" * 64] * n,
+    }
+    return pl.DataFrame({**base, **columns})
+
+
+def drop(event_id: str, product: str, **columns) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "event_id": [event_id],
+            "product_id": [product],
+            "old_price": [10.0],
+            "new_price": [8.0],
+            "currency": [None],
+            "title": [None],
+            "lane": ["marketing"],
+            "accepted_at": [1.0],
+            **{k: [v] for k, v in columns.items()},
+        },
+        schema_overrides={"currency": pl.String, "title": pl.String},
+    )
+
+
+class ByUser:
+    """A stand-in model: P(opened) looked up per user, whatever the features say."""
+
+    version = "stub"
+
+    def __init__(self, scores: dict[str, float]) -> None:
+        self.scores = scores
+
+    def score(self, users, variants, *, category, now):
+        return np.array([[self.scores[u]] for u in users["user_id"]], dtype=np.float64)
+
+
 def test_one_notification_per_event_and_wisher_following_preferences():
-    targets, suppressed = plan(EVENTS, AUDIENCE)
+    targets, suppressed, counts = run()
     assert by_notification(targets) == {
         "e1:both": {("d-ios", "apns"), ("d-and", "fcm"), ("inbox", "inbox")},
         "e1:nodevice": {("inbox", "inbox")},
         "e1:nopush": {("inbox", "inbox")},
         "e2:both": {("d-ios", "apns"), ("inbox", "inbox")},
     }
+    # The campaigns' reasons: push only without an active device is no_reachable_channel.
     assert dict(suppressed.select("notification_id", "reason").rows()) == {
         "e1:optout": "category_opt_out",
         "e1:mute": "channel_opt_out",
+        "e1:pushonly": "no_reachable_channel",
+    }
+    assert counts == {
+        "targeted": 7,
+        "suppressed:category_opt_out": 1,
+        "suppressed:channel_opt_out": 1,
+        "suppressed:no_reachable_channel": 1,
+        "suppressed:already_sent": 0,
+        "suppressed:frequency_cap": 0,
+        "eligible": 4,
+        "selected": 4,
+        "deferred": 0,
     }
     assert set(meta(suppressed)["type"]) == {"price.dropped"}
+    assert targets["send_after"].null_count() == targets.height
 
 
 def test_content_and_ids():
-    targets, _ = plan(EVENTS, AUDIENCE)
+    targets, _, _ = run()
     deliveries = render(targets, messages(EVENTS))
     row = deliveries.filter(pl.col("delivery_id") == "e1:both|d-ios").row(0, named=True)
     assert row["title"] == "Price drop"
@@ -75,21 +154,169 @@ def test_content_and_ids():
     }
     other = deliveries.filter(pl.col("delivery_id") == "e2:both|inbox").row(0, named=True)
     assert other["body"] == "An item on your wishlist is now 7.25 (was 10.00)."
+    recorded = meta(targets, RANKER.version).row(0, named=True)
+    assert recorded["model_version"] == RANKER.version and recorded["score"] > 0
 
 
 def test_targets_render_in_any_chunking():
-    targets, _ = plan(EVENTS, AUDIENCE)
+    targets, _, _ = run()
     content = messages(EVENTS)
     whole = render(targets, content)
     pieces = pl.concat([render(c, content) for c in targets.iter_slices(2)])
     assert pieces.sort("delivery_id").equals(whole.sort("delivery_id"))
     assert whole["delivery_id"].n_unique() == whole.height
+    assert (
+        whole["delivery_id"].to_list()
+        == (targets["notification_id"] + "|" + targets["device_id"]).to_list()
+    )
 
 
 def test_no_wishers_is_empty():
-    targets, suppressed = plan(EVENTS, AUDIENCE.head(0))
+    targets, suppressed, counts = run(audience=AUDIENCE.head(0))
     assert targets.height == 0 and suppressed.height == 0
+    assert counts["targeted"] == counts["selected"] == 0
     assert render(targets, messages(EVENTS)).height == 0
+
+
+def test_price_alert_opt_out_is_its_own_category():
+    """Opting out of price alerts stops them; opting out of marketing does not."""
+    audience = wishers(
+        "P",
+        ["alerts-off", "marketing-off"],
+        cat_price_alert=[False, True],
+        cat_marketing=[True, False],
+    )
+    targets, suppressed, counts = run(drop("e", "P"), audience)
+    assert set(targets["user_id"]) == {"marketing-off"}
+    assert suppressed.select("user_id", "reason").rows() == [("alerts-off", "category_opt_out")]
+    assert counts["suppressed:category_opt_out"] == 1 and counts["selected"] == 1
+
+
+def test_quiet_hours_hold_until_the_window_ends():
+    """Berlin is at 13:00 (UTC+1): a 12:30–14:00 window holds the drop until 14:00 Berlin
+    (13:00 UTC), a 22:00–07:00 one lets it through; New York is at 08:00 (on summer time
+    since March 8): a 23:00–08:30 window that wraps past midnight holds it until 08:30 New
+    York (12:30 UTC)."""
+    audience = wishers(
+        "P",
+        ["berlin-quiet", "berlin-night", "ny-morning", "no-window"],
+        timezone=["Europe/Berlin", "Europe/Berlin", "America/New_York", "Asia/Tokyo"],
+        quiet_start_min=pl.Series([12 * 60 + 30, 22 * 60, 23 * 60, None], dtype=pl.Int16),
+        quiet_end_min=pl.Series([14 * 60, 7 * 60, 8 * 60 + 30, None], dtype=pl.Int16),
+    )
+    targets, suppressed, counts = run(drop("e", "P"), audience)
+    release = dict(targets.unique("user_id").select("user_id", "send_after").rows())
+    assert release == {
+        "berlin-quiet": NOW + 3600,
+        "berlin-night": None,
+        "ny-morning": NOW + 1800,
+        "no-window": None,
+    }
+    assert suppressed.height == 0
+    assert counts["eligible"] == counts["selected"] == 4 and counts["deferred"] == 2
+    # every delivery of a held notification carries the release time
+    held = targets.filter(pl.col("user_id") == "berlin-quiet")
+    assert sorted(held["channel"]) == ["apns", "inbox"]
+    assert set(held["send_after"]) == {NOW + 3600}
+    # the local day the frequency count goes to is the user's own: Tokyo is at 21:00
+    assert (
+        dict(targets.unique("user_id").select("user_id", "local_day").rows())["no-window"]
+        == "2026-03-10"
+    )
+
+
+def test_frequency_cap_counts_what_campaigns_sent_today():
+    audience = wishers(
+        "P",
+        ["at-cap", "below-cap", "zero-cap", "fresh"],
+        max_marketing_per_day=pl.Series([2, 2, 0, None], dtype=pl.Int32),
+    )
+    sent_today = pl.DataFrame({"user_id": ["at-cap", "below-cap"], "count": [2, 1]})
+    targets, suppressed, counts = run(drop("e", "P"), audience, sent_today=sent_today)
+    assert set(targets["user_id"]) == {"below-cap", "fresh"}
+    assert dict(suppressed.select("user_id", "reason").rows()) == {
+        "at-cap": "frequency_cap",
+        "zero-cap": "frequency_cap",
+    }
+    assert counts["suppressed:frequency_cap"] == 2 and counts["selected"] == 2
+
+
+def test_frequency_cap_across_drops_in_one_batch_keeps_the_best_scored():
+    """A user with room for one more gets the drop the model scores higher; a user with
+    room for two gets both; the left-over one is suppressed as frequency_cap."""
+    events = pl.concat([drop("e1", "P"), drop("e2", "Q")])
+    audience = pl.concat(
+        [
+            wishers("P", ["one-left", "two-left"]),
+            wishers("Q", ["one-left", "two-left"]),
+        ]
+    )
+    sent_today = pl.DataFrame({"user_id": ["one-left", "two-left"], "count": [2, 1]})
+
+    class ByProduct(ByUser):
+        def score(self, users, variants, *, category, now):
+            return np.array([[0.2 if p == "Q" else 0.1] for p in users["product_id"]])
+
+    targets, suppressed, counts = run(events, audience, sent_today=sent_today, ranker=ByProduct({}))
+    assert sorted(targets["notification_id"].unique()) == [
+        "e1:two-left",
+        "e2:one-left",
+        "e2:two-left",
+    ]
+    assert suppressed.select("notification_id", "reason").rows() == [
+        ("e1:one-left", "frequency_cap")
+    ]
+    assert counts["suppressed:frequency_cap"] == 1
+    assert counts["eligible"] == counts["selected"] == 3
+
+
+def test_redelivery_skips_the_wishers_already_reached_without_recording_them():
+    audience = wishers("P", ["a", "b", "c"])
+    already = pl.Series(["e:a", "e:c", "other:b"])
+    targets, suppressed, counts = run(drop("e", "P"), audience, already_sent=already)
+    assert set(targets["user_id"]) == {"b"}
+    assert suppressed.height == 0  # their own record says how they were reached
+    assert counts["suppressed:already_sent"] == 2 and counts["selected"] == 1
+
+
+def test_ranked_by_the_models_score_best_first():
+    users = ["u1", "u2", "u3", "u4", "u5"]
+    scores = {"u1": 0.1, "u2": 0.5, "u3": 0.3, "u4": 0.9, "u5": 0.2}
+    targets, _, counts = run(drop("e", "P"), wishers("P", users), ranker=ByUser(scores))
+    order = targets.unique("notification_id", maintain_order=True)
+    assert order["user_id"].to_list() == ["u4", "u2", "u3", "u5", "u1"]
+    assert order["score"].to_list() == [0.9, 0.5, 0.3, 0.2, 0.1]
+    # a notification's deliveries stay together
+    assert targets["notification_id"].rle_id().max() == len(users) - 1
+    assert counts["selected"] == 5
+
+
+def test_the_shipped_model_ranks_by_the_products_category_affinity():
+    """The real ranker, with the event's category as the affinity feature: the wisher who
+    likes the category most goes first, and the scores are exactly the model's."""
+    affinity = pl.Series([0.1, 0.9, 0.5], dtype=pl.Float32)
+    audience = wishers("P", ["low", "high", "mid"], affinity_fashion=affinity)
+    events = drop("e", "P", category="fashion")
+    targets, _, _ = run(events, audience)
+    order = targets.unique("notification_id", maintain_order=True)
+    assert order["user_id"].to_list() == ["high", "mid", "low"]
+    expected = RANKER.score(audience, VARIANTS, category="fashion", now=NOW)[:, 0]
+    assert order["score"].to_list() == pytest.approx(list(expected[[1, 2, 0]]), abs=0)
+    # without a category the affinity does not count: every score is the same
+    flat, _, _ = run(drop("e", "P"), audience)
+    assert flat["score"].n_unique() == 1
+
+
+def test_audience_limit_keeps_each_drops_best_wishers():
+    users = ["u1", "u2", "u3", "u4"]
+    scores = {"u1": 0.4, "u2": 0.1, "u3": 0.3, "u4": 0.2}
+    events = pl.concat([drop("e1", "P"), drop("e2", "Q")])
+    audience = pl.concat([wishers("P", users), wishers("Q", users[:1])])
+    targets, suppressed, counts = run(events, audience, ranker=ByUser(scores), audience_limit=2)
+    order = targets.unique("notification_id", maintain_order=True)["notification_id"]
+    assert order.to_list() == ["e1:u1", "e2:u1", "e1:u3"]
+    assert suppressed.height == 0  # left out by the limit: counted, not recorded
+    assert counts["eligible"] == 5 and counts["selected"] == 3
 
 
 def test_grouped_table_replaces_a_users_whole_list():

@@ -1,6 +1,6 @@
 """Wishlists and price drops through HTTP (and Kafka): limits at the door, a price drop
-reaches exactly the users whose wishlist holds the product — as their preferences allow —
-and wishlists come back with a restarted shard."""
+reaches exactly the users whose wishlist holds the product — as their preferences, quiet
+hours and marketing frequency cap allow — and wishlists come back with a restarted shard."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import time
 import httpx
 import pytest
 import ray
+import redis
 
+from actors.fanout_worker import freq_key
 from cluster.dead_letters import list_dead_letters
 from cluster.demo import apns_token, fcm_token, wait_final
 from cluster.names import shard_name
@@ -185,3 +187,85 @@ def test_price_drops_from_kafka(stack, api, kafka, uid):
             break
         time.sleep(0.5)
     assert mine and "new_price" in mine[0]["reason"]
+
+
+def _hhmm(minute: int) -> str:
+    return f"{minute % 1440 // 60:02d}:{minute % 60:02d}"
+
+
+@pytest.mark.eventlog
+def test_price_drop_goes_through_campaign_eligibility(stack, api, emulators, uid):
+    """The wishers of one drop: one in quiet hours in her own zone (held in the marketing
+    retry set until the window's end, then delivered), one at the marketing frequency cap
+    campaigns count in (suppressed, by reason), one who opted out of price alerts, and one
+    whose drop then counts towards the shared cap so that a second drop the same day is
+    suppressed for him."""
+    client = redis.Redis.from_url(stack.settings.redis_url)
+    product, second = f"Q-{uid}", f"Q2-{uid}"
+    u = {name: f"{name}-{uid}" for name in ("quiet", "capped", "optout", "fresh")}
+    tokens = {name: apns_token() for name in u}
+    for name, user in u.items():
+        register(api, user, "ios", tokens[name])
+        put_wishlist(api, user, [product, second] if name == "fresh" else [product])
+    # quiet from an hour ago to two hours from now, in Kolkata (UTC+5:30, no DST)
+    now_min = int(time.time() // 60)
+    local = now_min + 330
+    answer = api.put(f"/v1/users/{u['quiet']}", json={"timezone": "Asia/Kolkata"})
+    assert answer.status_code == 200, answer.text
+    window = {"start": _hhmm(local - 60), "end": _hhmm(local + 120)}
+    api.put(f"/v1/users/{u['quiet']}/preferences", json={"quiet_hours": window})
+    release = (now_min + 120) * 60.0
+    # at the cap: one marketing push a day, and a campaign already sent one today (UTC)
+    api.put(f"/v1/users/{u['capped']}/preferences", json={"max_marketing_per_day": 1})
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    client.hset(freq_key(stack.settings, today), u["capped"], 1)
+    api.put(f"/v1/users/{u['optout']}/preferences", json={"categories": {"price_alert": False}})
+    api.put(f"/v1/users/{u['fresh']}/preferences", json={"max_marketing_per_day": 1})
+
+    event = price_drop(f"pde-{uid}", product, title="Kettle")
+    assert api.post("/v1/events", json={"events": [event]}).status_code == 202
+    nid = {name: f"pde-{uid}:{user}" for name, user in u.items()}
+    statuses = wait_final(api, [nid[n] for n in ("capped", "optout", "fresh")])
+    assert statuses[nid["fresh"]]["state"] == "delivered"
+    assert statuses[nid["capped"]]["state"] == "suppressed"
+    assert statuses[nid["capped"]]["suppressed_reason"] == "frequency_cap"
+    assert statuses[nid["optout"]]["suppressed_reason"] == "category_opt_out"
+    # the drop counts in the counter campaigns read (right after the send): "fresh" is at
+    # his cap now
+    deadline = time.monotonic() + 10
+    while client.hget(freq_key(stack.settings, today), u["fresh"]) != b"1":
+        assert time.monotonic() < deadline, "the price drop was not counted"
+        time.sleep(0.1)
+    assert client.hget(freq_key(stack.settings, today), u["capped"]) == b"1"
+
+    # held, not dropped: queued, in the marketing retry set due at the window's end
+    key = stack.settings.key("retry", "marketing")
+    held = {
+        m: due
+        for m, due in client.zrange(key, 0, -1, withscores=True)
+        if json.loads(m)["notification_id"] == nid["quiet"]
+    }
+    assert sorted(json.loads(m)["channel"] for m in held) == ["apns", "inbox"]
+    assert set(held.values()) == {release}
+    quiet = api.get(f"/v1/notifications/{nid['quiet']}").json()
+    assert quiet["state"] == "in_progress"
+    assert {d["status"] for d in quiet["deliveries"]} == {"queued"}
+    assert received_for(emulators["apns"], {tokens["quiet"]}) == []
+    record = json.loads(client.hget(stack.settings.key("ntf", nid["quiet"]), "meta"))
+    assert record["send_after"] == release and record["score"] > 0 and record["model_version"]
+
+    # the window ends (fast-forwarded here): delivered, once
+    client.zadd(key, {m: time.time() for m in held})
+    quiet = wait_final(api, [nid["quiet"]])[nid["quiet"]]
+    assert quiet["state"] == "delivered", quiet
+    assert len(received_for(emulators["apns"], {tokens["quiet"]})) == 1
+    assert [
+        i["notification_id"] for i in api.get(f"/v1/users/{u['quiet']}/inbox").json()["items"]
+    ] == [nid["quiet"]]
+
+    # a second drop the same day: "fresh" is at his cap; nothing more reaches him
+    again = price_drop(f"pde2-{uid}", second)
+    assert api.post("/v1/events", json={"events": [again]}).status_code == 202
+    status = wait_final(api, [f"pde2-{uid}:{u['fresh']}"])[f"pde2-{uid}:{u['fresh']}"]
+    assert status["state"] == "suppressed" and status["suppressed_reason"] == "frequency_cap"
+    assert len(received_for(emulators["apns"], {tokens["fresh"]})) == 1
