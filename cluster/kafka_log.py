@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
@@ -48,6 +48,28 @@ class _Reader:
     unacked: dict[str, tuple[int, int, str, float, float]] = field(default_factory=dict)
     # highest offset read per partition
     read_up_to: dict[int, int] = field(default_factory=dict)
+
+
+class _LogAssignments(ConsumerRebalanceListener):
+    """Logs every partition assignment a read loop's consumer gets or loses: after a broker
+    drop the group rejoins, and which loop owns which partitions is what a post-mortem of
+    a lane that stopped moving needs first."""
+
+    def __init__(self, consumer: str) -> None:
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._log("revoked", revoked)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self._log("assigned", assigned)
+
+    def _log(self, what: str, parts) -> None:
+        log.info(
+            "kafka log: partitions %s",
+            what,
+            extra={"consumer": self.consumer, "partitions": sorted(p.partition for p in parts)},
+        )
 
 
 class KafkaEventLog:
@@ -147,7 +169,6 @@ class KafkaEventLog:
         reader = self._readers.get(consumer)
         if reader is None:
             kafka = AIOKafkaConsumer(
-                self.topic(lane),
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 group_id=self.group(lane),
                 client_id=consumer,
@@ -155,6 +176,7 @@ class KafkaEventLog:
                 auto_offset_reset="earliest",
             )
             await kafka.start()
+            kafka.subscribe([self.topic(lane)], listener=_LogAssignments(consumer))
             reader = self._readers[consumer] = _Reader(kafka)
         return reader
 
