@@ -28,7 +28,13 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.transactional import collect, machine, post_steadily  # noqa: E402
+from bench.transactional import (  # noqa: E402
+    collect,
+    machine,
+    post_steadily,
+    seconds_at,
+    write_result,
+)
 from cluster.demo import apns_token, fcm_token  # noqa: E402
 from cluster.importer import import_devices, import_users  # noqa: E402
 from cluster.local import LocalStack  # noqa: E402
@@ -72,13 +78,10 @@ def summarize(rate: float, accepted: list[str], errors: int, pushes: list[dict])
     delivered = [p for p in pushes if p["status"] == "delivered"]
     latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])
 
-    def pct(q: float) -> float | None:
-        return round(float(np.percentile(latency, q)), 4) if len(latency) else None
-
     return {
         "rate_per_s": round(rate, 1),
-        "p50_s": pct(50),
-        "p99_s": pct(99),
+        "p50_s": seconds_at(latency, 50),
+        "p99_s": seconds_at(latency, 99),
         "accepted": len(accepted),
         "delivered": len(delivered),
         "lost": len(accepted) - len(delivered),
@@ -157,9 +160,7 @@ def main(
         "machine": machine(),
         "command": command,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(json.dumps(result, indent=2))
+    write_result(output, result)
 
 
 if __name__ == "__main__":

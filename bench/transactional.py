@@ -84,6 +84,18 @@ async def post_steadily(
     return accepted, errors
 
 
+def seconds_at(latency: np.ndarray, q: float) -> float | None:
+    """The q-th percentile of the latencies in seconds (4 decimals); None when there are none."""
+    return round(float(np.percentile(latency, q)), 4) if len(latency) else None
+
+
+def write_result(output: Path, result: dict) -> None:
+    """Save a benchmark's result JSON and print it."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result, indent=2))
+
+
 def collect(redis_url: str, key_prefix: str, ids: list[str], timeout_s: float) -> list[dict]:
     """Wait until every accepted notification's push is final; return the push records."""
     client = redis.Redis.from_url(redis_url)
@@ -154,9 +166,9 @@ def main(
         "target_per_s": rate,
         "posted_per_s": round(len(accepted) / posted_s, 1),
         "sent_per_s": round(len(delivered) / span, 1) if len(acked) else 0.0,
-        "p50_s": round(float(np.percentile(latency, 50)), 4) if len(latency) else None,
-        "p99_s": round(float(np.percentile(latency, 99)), 4) if len(latency) else None,
-        "max_s": round(float(latency.max()), 4) if len(latency) else None,
+        "p50_s": seconds_at(latency, 50),
+        "p99_s": seconds_at(latency, 99),
+        "max_s": seconds_at(latency, 100),
         "accepted": len(accepted),
         "delivered": len(delivered),
         "lost": len(accepted) - len(delivered),
@@ -164,9 +176,7 @@ def main(
         "machine": machine(),
         "command": command,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    typer.echo(json.dumps(result, indent=2))
+    write_result(output, result)
 
 
 if __name__ == "__main__":
