@@ -20,6 +20,7 @@ from ray import serve
 from ray.serve import Application
 
 from actors.fanout_pool import running_fanout_workers
+from actors.sender_pool import running_sender_replicas
 from actors.senders.inbox import inbox_keys
 from cluster import metrics
 from cluster.api.auth import Scope, check_key
@@ -53,7 +54,7 @@ from cluster.campaigns import CampaignStore, campaign_of
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
 from cluster.logs import configure_logging
-from cluster.names import fanout_name, router_name, sender_name, senders, shard_name
+from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
 from cluster.redis_clients import async_client
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
@@ -166,11 +167,14 @@ class HeraldIngress:
 
     @api.get("/readyz", tags=["health"])
     async def readyz(self, response: Response) -> dict[str, dict[str, bool]]:
-        """Ready when Redis answers and every shard, router and sender answers within 2 s."""
+        """Ready when Redis answers and every shard, router, fan-out worker, sender and (with
+        Kafka configured) the Kafka ingestor answers within 2 s."""
         names = [shard_name(i) for i in range(self.settings.shards)]
         names += [router_name(i) for i in range(self.settings.routers)]
         names += [fanout_name(i) for i in range(self.settings.fanout_workers)]
         names += [sender_name(c, lane) for c, lane in senders(self.settings)]
+        if self.settings.kafka_bootstrap:
+            names.append(INGESTOR)
 
         async def up(name: str) -> bool:
             try:
@@ -199,9 +203,12 @@ class HeraldIngress:
         routers = await asyncio.gather(
             *[self._actor(router_name(i)).ping.remote() for i in range(self.settings.routers)]
         )
-        pings = await asyncio.gather(
-            *[self._actor(sender_name(c, lane)).ping.remote() for c, lane in senders(self.settings)]
-        )
+        replicas = [
+            sender_name(c, lane, r)
+            for c, lane in senders(self.settings)
+            for r in running_sender_replicas(self.settings, c, lane)
+        ]
+        pings = await asyncio.gather(*[self._actor(name).ping.remote() for name in replicas])
         backlog = {lane: await self.events.lag(lane) for lane in LANES}
         for lane, size in backlog.items():
             metrics.set_backlog(lane, size)

@@ -26,6 +26,7 @@ from cluster import metrics
 from cluster.api.schemas import Event
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.event_log import LANE_OF_TYPE, open_event_log
+from cluster.kafka_log import cancelled_by_caller, stop_quietly
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
 
@@ -67,8 +68,8 @@ class KafkaIngestor:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def ping(self) -> dict[str, int]:
-        if self._task.done() and self._task.exception():
-            raise self._task.exception()
+        if self._task.done():  # the loop must never end: say so instead of idling
+            raise RuntimeError(f"the Kafka ingestor's loop ended: {self._task!r}")
         return dict(self.counts)
 
     async def _run(self) -> None:
@@ -84,16 +85,19 @@ class KafkaIngestor:
                 await consumer.start()
                 await self._consume(consumer)
             except asyncio.CancelledError:
-                raise
+                if cancelled_by_caller():
+                    raise
+                self._reconnect("CancelledError leaked by the Kafka client")
+                await asyncio.sleep(1.0)
             except (KafkaError, OSError) as exc:
-                self.counts["reconnects"] += 1
-                log.warning("kafka: %s; reconnecting", exc)
+                self._reconnect(exc)
                 await asyncio.sleep(1.0)
             finally:
-                try:
-                    await consumer.stop()
-                except Exception:  # noqa: BLE001 - a broken consumer may fail to stop
-                    pass
+                await stop_quietly(consumer)
+
+    def _reconnect(self, why: object) -> None:
+        self.counts["reconnects"] += 1
+        log.warning("kafka: %s; reconnecting", why)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 
@@ -32,11 +33,13 @@ import ray
 
 from actors.fanout_pool import FanoutPool
 from actors.fanout_worker import freq_key, marketing_sent_today, sent_users_key
+from actors.sender_pool import SenderPool
 from cluster import metrics
 from cluster.campaigns import SEPARATOR, CampaignStore
 from cluster.dead_letters import dead_letter_fields, dlq_key
 from cluster.delivery_state import DeliveryState
 from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
+from cluster.kafka_log import cancelled_by_caller
 from cluster.logs import configure_logging
 from cluster.names import PUSH_CHANNELS, fanout_name, sender_name, shard_name
 from cluster.retry_schedule import RetrySchedule
@@ -88,6 +91,7 @@ class EventRouter:
         self.retries = RetrySchedule(settings, self.redis)
         self.campaigns = CampaignStore(settings, self.redis)
         self.pool = FanoutPool(settings, self.redis)
+        self.senders = SenderPool(settings, self.redis, self.log)
         self._price_drop_rankers: dict[str, Ranker] = {}  # by model version
         # One command per batch, not one HINCRBY per user: +1 for each user, then the TTL.
         self._count_sent_today = self.redis.register_script(
@@ -115,6 +119,8 @@ class EventRouter:
             self._tasks.append(asyncio.create_task(self._export_feedback()))
             if self.settings.pool_max_workers > self.settings.fanout_workers:
                 self._tasks.append(asyncio.create_task(self._shrink_pool()))
+            if self.settings.sender_replicas_max > 1:
+                self._tasks.append(asyncio.create_task(self._scale_senders()))
 
     async def start(self) -> None:
         """Wait until the read loops run (bootstrap calls it to surface startup errors)."""
@@ -153,7 +159,12 @@ class EventRouter:
                     async with self._leased(lane, consumer, entries):
                         await self._process_safely(lane, entries, redelivered=redelivered)
             except asyncio.CancelledError:
-                raise
+                if cancelled_by_caller():
+                    raise
+                # leaked by the Kafka client (`cluster.kafka_log.stop_quietly`): not ours
+                log.warning("router %s: read cancelled from inside; retrying", consumer)
+                pending = True
+                await asyncio.sleep(0.5)
             except Exception:
                 log.exception("router %s: read failed; retrying", consumer)
                 pending = True
@@ -620,6 +631,15 @@ class EventRouter:
             except Exception:  # noqa: BLE001 - next round tries again
                 log.exception("router: shrinking the fan-out pool failed; retrying")
 
+    async def _scale_senders(self) -> None:
+        """Router 0 sizes each lane's push senders to its backlog."""
+        while True:
+            await asyncio.sleep(self.settings.sender_scale_interval_s)
+            try:
+                await self.senders.scale()
+            except Exception:  # noqa: BLE001 - next round tries again
+                log.exception("router: sizing the sender pool failed; retrying")
+
     async def _export_feedback(self) -> None:
         """Move `POST /v1/feedback` actions from the Redis stream to the Parquet feedback
         log, a batch at a time. The stream position is saved after the file is written, so a
@@ -713,10 +733,20 @@ class EventRouter:
             deliveries = await self._drop_cancelled(deliveries, retry_members, retry_lane)
         if deliveries.height == 0:
             return
-        parts = deliveries.partition_by("channel", "lane", as_dict=True)
+        sizes = await self.senders.sizes()
+        parts = []  # (sender name, rows, replicas sharing the lane)
+        lanes = deliveries.partition_by("channel", "lane", as_dict=True)
+        for (channel, lane), rows in lanes.items():
+            replicas = sizes[lane] if channel in PUSH_CHANNELS else 1
+            step = math.ceil(rows.height / replicas)
+            parts += [
+                (sender_name(channel, lane, r), rows.slice(r * step, step), replicas)
+                for r in range(replicas)
+                if r * step < rows.height
+            ]
         calls = [
-            self._sender(channel, lane).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow())
-            for (channel, lane), part in parts.items()
+            self._handle(name).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow(), replicas)
+            for name, part, replicas in parts
         ]
         # One sender failing (its actor restarting, its Redis connection gone stale) must
         # not lose the answers of the others: those pushes are out, and re-sending them with
@@ -726,10 +756,8 @@ class EventRouter:
             [
                 part.join(pl.from_arrow(result), on="delivery_id", how="inner")
                 if not isinstance(result, BaseException)
-                else self._unanswered(channel, part, result)
-                for (channel, _), part, result in zip(
-                    parts.keys(), parts.values(), results, strict=True
-                )
+                else self._unanswered(name, part, result)
+                for (name, part, _), result in zip(parts, results, strict=True)
             ],
             how="vertical_relaxed",
         ).with_columns(attempts=pl.col("attempt") + 1)
@@ -743,11 +771,13 @@ class EventRouter:
             # The webhook fallback is for order updates, never for marketing.
             await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
 
-    def _unanswered(self, channel: str, part: pl.DataFrame, error: BaseException) -> pl.DataFrame:
-        """A sender call that failed as a whole: every row of it is to be retried."""
+    def _unanswered(self, sender: str, part: pl.DataFrame, error: BaseException) -> pl.DataFrame:
+        """A sender call that failed as a whole: every row of it is to be retried. The
+        handle is looked up afresh next time (a removed replica may be started again)."""
         if isinstance(error, asyncio.CancelledError):
             raise error
-        log.warning("router: %s sender failed for %d rows: %r", channel, part.height, error)
+        self._handles.pop(sender, None)
+        log.warning("router: %s failed for %d rows: %r", sender, part.height, error)
         self.counts["sender_call_failed"] += 1
         return part.with_columns(
             outcome=pl.lit("retry"),
@@ -857,9 +887,6 @@ class EventRouter:
 
     def _shard(self, index: int) -> ray.actor.ActorHandle:
         return self._handle(shard_name(index))
-
-    def _sender(self, channel: str, lane: str) -> ray.actor.ActorHandle:
-        return self._handle(sender_name(channel, lane))
 
     def _handle(self, name: str) -> ray.actor.ActorHandle:
         """Named-actor lookups go to the GCS; a handle stays valid across actor restarts."""

@@ -6,7 +6,8 @@ table goes back. The client is created lazily inside the actor's own event loop 
 and httpx bind to the loop they are created in). The transactional and the marketing lane
 each have their own sender per channel — own process, connections, in-flight bound and
 rate limit (marketing's is capped by `HERALD_MARKETING_*_RATE_PER_S`) — so a large
-marketing fan-out never queues in front of an order update.
+marketing fan-out never queues in front of an order update. Push senders grow more
+replicas of themselves with their lane's backlog (`actors.sender_pool`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from actors.senders.base import ProviderClient
 from cluster.logs import configure_logging
+from cluster.names import PUSH_CHANNELS
 from cluster.settings import HeraldSettings
 
 
@@ -46,21 +48,39 @@ def provider_client(
 class ChannelSender:
     """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
 
-    def __init__(self, settings: HeraldSettings, channel: str, lane: str) -> None:
+    def __init__(self, settings: HeraldSettings, channel: str, lane: str, replica: int = 0) -> None:
         configure_logging(settings)
         self.channel = channel
         self.lane = lane
+        self.replica = replica
         self.client = provider_client(settings, channel, lane)
         self._started: asyncio.Task | None = None
         self.sent = 0
+        self.in_flight = 0  # rows handed in and not answered yet
+        self.replicas = 1
 
-    async def send(self, batch: pa.Table) -> pa.Table:
+    async def send(self, batch: pa.Table, replicas: int = 1) -> pa.Table:
+        """Send a batch as one of `replicas` senders of this (channel, lane): a push client
+        keeps to that share of the lane's rate ceiling (`actors.sender_pool`)."""
         if self._started is None:
             self._started = asyncio.ensure_future(self.client.start())
         await self._started
-        results = await self.client.send(batch)
+        if replicas != self.replicas and self.channel in PUSH_CHANNELS:
+            self.client.share_rate(replicas)
+            self.replicas = replicas
+        self.in_flight += batch.num_rows
+        try:
+            results = await self.client.send(batch)
+        finally:
+            self.in_flight -= batch.num_rows
         self.sent += batch.num_rows
         return results
 
     async def ping(self) -> dict[str, int | str]:
-        return {"channel": self.channel, "lane": self.lane, "sent": self.sent}
+        return {
+            "channel": self.channel,
+            "lane": self.lane,
+            "replica": self.replica,
+            "sent": self.sent,
+            "in_flight": self.in_flight,
+        }

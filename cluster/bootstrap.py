@@ -18,7 +18,7 @@ import ray
 from actors.fanout_pool import start_fanout_worker
 from actors.kafka_ingestor import KafkaIngestor
 from actors.router import EventRouter
-from actors.sender import ChannelSender
+from actors.sender_pool import start_sender
 from actors.user_shard import UserShard
 from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldSettings
@@ -62,12 +62,8 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         for i in range(settings.shards)
     ]
     # One sender per (channel, lane): separate capacity, so marketing never delays orders.
-    channel_senders = [
-        ray.remote(ChannelSender)
-        .options(**actor_options(settings, sender_name(c, lane), max_concurrency=1000))
-        .remote(settings, c, lane)
-        for c, lane in senders(settings)
-    ]
+    # Push senders grow more replicas with demand (`actors.sender_pool`).
+    channel_senders = [start_sender(settings, c, lane) for c, lane in senders(settings)]
     workers = start_fanout_workers(settings)
     routers = [
         ray.remote(EventRouter)
@@ -86,7 +82,11 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
 def kill_actors(settings: HeraldSettings) -> None:
     """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
     names = [shard_name(i) for i in range(settings.shards)]
-    names += [sender_name(c, lane) for c, lane in senders(settings)]
+    names += [
+        sender_name(c, lane, r)
+        for c, lane in senders(settings)
+        for r in range(settings.sender_replicas_max)
+    ]
     names += [fanout_name(i) for i in range(settings.pool_max_workers)]
     names += [router_name(i) for i in range(settings.routers)] + [INGESTOR]
     for name in names:

@@ -312,8 +312,18 @@ def status(
             if key != "router":
                 counters[key] = counters.get(key, 0) + value
     typer.echo("routers: " + "  ".join(f"{k} {v:,}" for k, v in sorted(counters.items())))
-    sent = "  ".join(f"{s['channel']}/{s['lane']} {s['sent']:,}" for s in body["senders"])
-    typer.echo(f"sent: {sent}")
+    sent: dict[str, list[int]] = {}  # channel/lane -> [sent, replicas]
+    for sender in body["senders"]:
+        total = sent.setdefault(f"{sender['channel']}/{sender['lane']}", [0, 0])
+        total[0] += sender["sent"]
+        total[1] += 1
+    typer.echo(
+        "sent: "
+        + "  ".join(
+            f"{name} {n:,}" + (f" ({replicas} replicas)" if replicas > 1 else "")
+            for name, (n, replicas) in sent.items()
+        )
+    )
     raise typer.Exit(0 if not down else 1)
 
 

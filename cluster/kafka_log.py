@@ -39,6 +39,28 @@ from cluster.settings import HeraldSettings
 log = logging.getLogger("herald.kafka_log")
 
 
+def cancelled_by_caller() -> bool:
+    """True when the running task itself is being cancelled; False for a CancelledError
+    that leaked out of a library's own cancelled task, which must not end our loop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer, timeout_s: float = 10) -> None:
+    """Stop a Kafka client that may be broken. With the broker unreachable, aiokafka's
+    consumer.stop() re-raises the CancelledError of its own fetch task; left to propagate,
+    it silently ended the Kafka ingestor's loop and routers' read loops after a 3 s
+    connection drop, so nothing was read again. Only our own cancellation passes."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout_s)
+    except asyncio.CancelledError:
+        if cancelled_by_caller():
+            raise
+        log.warning("kafka: a client's stop() raised CancelledError (ignored)")
+    except Exception:  # noqa: BLE001 - a broken client may fail to stop
+        pass
+
+
 @dataclass
 class _Reader:
     """One read loop's consumer and what it read but has not acked yet."""
@@ -146,19 +168,33 @@ class KafkaEventLog:
             return
         producer = await self._started_producer()
         at = repr(accepted_at).encode()
-        sends = [
-            await producer.send(
-                self.topic(lane),
-                json.dumps(event, separators=(",", ":")).encode(),
-                # Keyed by event id: a replay lands in the same partition as the original.
-                key=event_id.encode(),
-                headers=[("at", at)],
+        try:
+            sends = [
+                await producer.send(
+                    self.topic(lane),
+                    json.dumps(event, separators=(",", ":")).encode(),
+                    # Keyed by event id: a replay lands in the same partition as the original.
+                    key=event_id.encode(),
+                    headers=[("at", at)],
+                )
+                for event_id, lane, event in events
+            ]
+            await asyncio.wait_for(
+                asyncio.gather(*sends), timeout=self.settings.kafka_log_produce_timeout_s
             )
-            for event_id, lane, event in events
-        ]
-        await asyncio.wait_for(
-            asyncio.gather(*sends), timeout=self.settings.kafka_log_produce_timeout_s
-        )
+        except (KafkaError, OSError):  # OSError: TimeoutError and connection errors
+            await self._discard_producer(producer)
+            raise
+
+    async def _discard_producer(self, producer: AIOKafkaProducer) -> None:
+        """A producer whose sends failed is not trusted again: aiokafka producers have been
+        seen to stay wedged after the broker came back (aiokafka #267, #517), which would
+        stall every append. The next append starts a fresh one."""
+        async with self._producer_lock:
+            if self._producer is producer:
+                self._producer = None
+        log.warning("kafka log: produce failed; the next append uses a new producer")
+        await stop_quietly(producer, timeout_s=5)
 
     async def accepted_at(self, event_id: str) -> float | None:
         value = await self.redis.get(self.settings.key("event", event_id))
@@ -279,10 +315,7 @@ class KafkaEventLog:
             return
         for entry_id in reader.unacked:
             self._owner.pop(entry_id, None)
-        try:
-            await reader.consumer.stop()
-        except Exception:  # noqa: BLE001 - a broken consumer may fail to stop
-            pass
+        await stop_quietly(reader.consumer)
 
     async def lag(self, lane: str) -> int:
         """Records not yet committed by the lane's group, over all partitions (the high
@@ -306,4 +339,4 @@ class KafkaEventLog:
                 max(0, ends[tp] - (done or 0)) for tp, done in zip(tps, committed, strict=True)
             )
         finally:
-            await probe.stop()
+            await stop_quietly(probe)

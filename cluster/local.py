@@ -136,6 +136,9 @@ class LocalStack:
 
     def start_ray(self) -> None:
         os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        # Serve gives a new HTTP proxy 3 x 5 s to say it is ready, then kills it, and
+        # serve.start() fails with it; on a busy 2-core box the proxy needed more than that.
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray and self.ray_address is not None:
             ray.init(

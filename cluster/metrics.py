@@ -196,3 +196,17 @@ def fanout_workers() -> Gauge:
 @_never_raises
 def set_fanout_workers(n: int) -> None:
     fanout_workers().set(n)
+
+
+@cache
+def sender_replicas() -> Gauge:
+    return Gauge(
+        "herald_sender_replicas",
+        description="Replicas of each push sender (APNs, FCM) per lane, grown with the backlog.",
+        tag_keys=("lane",),
+    )
+
+
+@_never_raises
+def set_sender_replicas(lane: str, n: int) -> None:
+    sender_replicas().set(n, tags={"lane": lane})

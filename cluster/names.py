@@ -20,10 +20,12 @@ def fanout_name(index: int) -> str:
     return f"herald-fanout-{index}"
 
 
-def sender_name(channel: str, lane: str) -> str:
+def sender_name(channel: str, lane: str, replica: int = 0) -> str:
     """Each lane has its own sender per channel: its own connections, in-flight bound and
-    rate limit, so a marketing fan-out never queues in front of an order update."""
-    return f"herald-sender-{channel}-{lane}"
+    rate limit, so a marketing fan-out never queues in front of an order update. Replica 0
+    always runs; push senders grow more replicas with the lane's backlog."""
+    suffix = f"-{replica}" if replica else ""
+    return f"herald-sender-{channel}-{lane}{suffix}"
 
 
 def channels(settings: HeraldSettings) -> tuple[str, ...]:

@@ -149,6 +149,37 @@ class HeraldSettings(BaseSettings):
     fanout_idle_s: float = Field(
         300.0, gt=0, description="Grown fan-out workers are removed after the pool idles this long."
     )
+    sender_replicas_max: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Most replicas of each push sender (APNs, FCM) per lane; the pool grows "
+        "them with the lane's backlog. 1: one fixed sender per channel and lane.",
+    )
+    sender_backlog_per_replica: int = Field(
+        20_000,
+        ge=1,
+        description="Lane backlog (log lag plus users running campaigns still have to reach) "
+        "each push sender replica is sized for.",
+    )
+    sender_num_cpus: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs each grown sender replica reserves (what the autoscaler adds nodes "
+        "for); unset: HERALD_ACTOR_NUM_CPUS.",
+    )
+    sender_grow_wait_s: float = Field(
+        10.0, ge=0, description="How long one sizing round waits for new sender replicas."
+    )
+    sender_idle_s: float = Field(
+        60.0,
+        gt=0,
+        description="Grown sender replicas are removed once the backlog has wanted fewer for "
+        "this long.",
+    )
+    sender_scale_interval_s: float = Field(
+        2.0, gt=0, description="How often router 0 sizes the sender pool to the backlog."
+    )
     campaign_lease_s: float = Field(
         120.0,
         gt=0,

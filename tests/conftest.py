@@ -53,6 +53,12 @@ def stack(
         # One fixed fan-out worker; campaigns over the 2 shards grow the pool to 2.
         fanout_workers=1,
         fanout_workers_max=2,
+        # Push senders grow to 2 replicas per lane once a lane's backlog passes 1,500 (the
+        # campaign and fault tests cross it), and shrink 5 s after it is gone.
+        sender_replicas_max=2,
+        sender_backlog_per_replica=1_500,
+        sender_idle_s=5.0,
+        sender_scale_interval_s=1.0,
     ) as running:
         deadline = time.monotonic() + 60
         while httpx.get(f"{running.api_url}/readyz", timeout=10).status_code != 200:

@@ -32,9 +32,11 @@ from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE
 from ray.cluster_utils import AutoscalingCluster, Cluster
 
 from actors.fanout_pool import FanoutPool, running_fanout_workers
+from actors.sender_pool import SenderPool, running_sender_replicas, start_sender
 from cluster.bootstrap import kill_actors, start_fanout_workers
 from cluster.embedded_redis import EmbeddedRedis, free_port
-from cluster.names import fanout_name
+from cluster.event_log import RedisEventLog
+from cluster.names import PUSH_CHANNELS, fanout_name, sender_name
 from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
 
@@ -246,6 +248,72 @@ def test_autoscaler_adds_a_worker_for_fanout_and_removes_it_when_idle(request, t
             assert running_fanout_workers(settings) == [fanout_name(0)]
             print(f"\nworker node added within {grow_s:.1f} s, removed {removed_s:.1f} s after "
                   "the pool shrank")  # fmt: skip
+            kill_actors(settings)
+    finally:
+        redis.stop()
+
+
+def test_autoscaler_adds_a_worker_for_senders_and_removes_it_when_idle(request, tmp_path):
+    """The marketing lane's backlog (log entries no router has taken) asks for a second
+    replica of its APNs and FCM senders, 1 CPU each; with the fixed senders on the 2-CPU
+    head only one fits, so the autoscaler adds a node. Once the backlog is gone the lane
+    shrinks back to one sender per channel and the node goes."""
+    if ray.is_initialized():
+        return rerun_in_fresh_process(request.node.nodeid)
+    redis = EmbeddedRedis(tmp_path / "redis").start()
+    settings = HeraldSettings(
+        data_dir=tmp_path / "herald",
+        redis_url=redis.url,
+        namespace=f"test-autoscale-senders-{os.getpid()}",
+        sender_replicas_max=2,
+        sender_backlog_per_replica=100,
+        sender_num_cpus=1,
+        sender_grow_wait_s=60,
+        sender_idle_s=1,
+    )
+    lane = "marketing"
+    try:
+        with autoscaling_cluster(tmp_path):
+            fixed = [start_sender(settings, channel, lane) for channel in PUSH_CHANNELS]
+            ray.get([s.ping.remote() for s in fixed], timeout=60)
+            log = RedisEventLog(settings)
+            events = [
+                (f"e{i}", lane, {"event_id": f"e{i}", "type": "price.dropped"}) for i in range(500)
+            ]
+
+            async def scale(backlog: bool) -> tuple[dict[str, int], float]:
+                log.redis = async_client(settings)  # one client per event loop
+                pool = SenderPool(settings, log.redis, log)
+                if backlog:
+                    await log.ensure_groups()
+                    await log.append(events)  # 500 entries, no router: wants 5 → 2 replicas
+                else:
+                    await log.redis.delete(log.stream(lane))
+                started = time.monotonic()
+                return await pool.scale(), time.monotonic() - started
+
+            sizes, grow_s = asyncio.run(scale(backlog=True))
+            assert sizes == {"transactional": 1, lane: 2}
+            assert len(alive_nodes()) == 2
+            assert ray.cluster_resources()["CPU"] == 4
+            grown = [
+                ray.get_actor(sender_name(c, lane, 1), namespace=settings.namespace)
+                for c in PUSH_CHANNELS
+            ]
+            placed = set(ray.get([s.__ray_call__.remote(_node_id) for s in grown], timeout=60))
+            assert len(placed) == 2, "one grown sender fits the head, the other the new node"
+
+            # Backlog gone: after sender_idle_s the size drops, then the replicas go.
+            time.sleep(settings.sender_idle_s + 0.5)
+            assert asyncio.run(scale(backlog=False))[0][lane] == 1
+            time.sleep(3.5)  # routers see the new size before a replica is removed
+            asyncio.run(scale(backlog=False))
+            assert running_sender_replicas(settings, "apns", lane) == [0]
+            assert running_sender_replicas(settings, "fcm", lane) == [0]
+            removed_s = wait_for(lambda: len(alive_nodes()) == 1, 60, "the idle worker stayed")
+            assert ray.cluster_resources()["CPU"] == 2
+            print(f"\nsender node added within {grow_s:.1f} s, removed {removed_s:.1f} s after "
+                  "the senders shrank")  # fmt: skip
             kill_actors(settings)
     finally:
         redis.stop()

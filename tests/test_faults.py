@@ -328,9 +328,7 @@ def test_redis_killed_and_restarted(stack, scenario):
     s.check("redis_restart")
 
 
-# Not in the Kafka-event-log pass: there, in 2 of 3 runs the routers' consumers kept getting
-# "connection closed" from tansu for minutes after the link came back (the broker process
-# stayed up) — see the issue note; on the Redis log this scenario is stable.
+@pytest.mark.eventlog
 def test_kafka_connection_dropped_and_restored(stack, scenario, kafka):
     """Events produced to Kafka while the broker connection drops for 3 s and comes back:
     the ingestor (and, on the Kafka event log, the routers) reconnect and lose nothing."""

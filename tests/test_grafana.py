@@ -17,7 +17,7 @@ def recorded() -> dict[str, set[str]]:
     for make in (metrics.ingested, metrics.notifications, metrics.latency,
                  metrics.dead_letters, metrics.log_backlog, metrics.campaign_users,
                  metrics.fanout_plan_seconds, metrics.model_in_use,
-                 metrics.shard_rows, metrics.fanout_workers):  # fmt: skip
+                 metrics.shard_rows, metrics.fanout_workers, metrics.sender_replicas):  # fmt: skip
         metric = make()
         out[f"ray_{metric._name}"] = set(metric._tag_keys)
     return out

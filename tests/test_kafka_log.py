@@ -154,3 +154,29 @@ def test_redis_log_lease_renewal_keeps_peers_off(stack, uid):
         await log.redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_reader_dropped_while_the_broker_is_unreachable_reads_again(settings, kafka):
+    """A read loop's consumer torn down during a connection drop: with the broker
+    unreachable aiokafka's stop() raises its fetch task's CancelledError, which once ended
+    the router's read loop for good. Dropping must return, and the loop read on after."""
+
+    async def scenario():
+        log = KafkaEventLog(settings)
+        await log.ensure_groups()
+        await log.append([order(f"d{i}") for i in range(4)])
+        first = await read_all(log, "c1", 4)
+        await log.ack("transactional", [r["entry_id"] for r in first])
+        kafka.proxy.cut()
+        try:
+            await asyncio.sleep(0.5)  # the consumer's fetches now fail
+            await log._drop_reader("c1")  # what a read that raised KafkaError does
+        finally:
+            kafka.proxy.restore()
+        assert not asyncio.current_task().cancelling()
+        await log.append([order(f"e{i}") for i in range(3)])
+        again = await read_all(log, "c1", 3)
+        assert sorted(r["body"].split('"event_id":"')[1][:2] for r in again) == ["e0", "e1", "e2"]
+        await close(log)
+
+    asyncio.run(scenario())

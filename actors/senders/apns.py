@@ -91,11 +91,16 @@ class ApnsClient:
             err_func=self._quiet,
         )
         self.client.pool.protocol_class = _protocol_for(s.apns_host, s.apns_port)
-        self.limiter = AsyncLimiter(s.send_rate_per_s("apns", self.lane), 1)
+        self.share_rate(1)
         self.in_flight = asyncio.Semaphore(s.apns_concurrency)
 
     async def _quiet(self, request: NotificationRequest, result: object) -> None:
         """Errors are outcomes we record, not log lines per notification."""
+
+    def share_rate(self, replicas: int) -> None:
+        """This client is one of `replicas` sending its lane: it keeps to its share of the
+        lane's rate ceiling, so grown senders never push the project over its quota."""
+        self.limiter = AsyncLimiter(self.settings.send_rate_per_s("apns", self.lane) / replicas, 1)
 
     async def send(self, batch: pa.Table) -> pa.Table:
         frame = pl.from_arrow(batch)

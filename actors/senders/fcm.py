@@ -103,7 +103,7 @@ class FcmClient:
             f"{s.fcm_endpoint.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
         )
         self._own_http_client(service, s.fcm_ca_file)
-        self.limiter = AsyncLimiter(s.send_rate_per_s("fcm", self.lane), 1)
+        self.share_rate(1)
         # send_each_async puts a whole chunk in flight: chunk size is the concurrency bound.
         self.chunk = min(BATCH, s.fcm_concurrency)
         self.in_flight = asyncio.Semaphore(max(1, s.fcm_concurrency // self.chunk))
@@ -137,6 +137,11 @@ class FcmClient:
                 priority="high" if lane == "transactional" else "normal", collapse_key=nid
             ),
         )
+
+    def share_rate(self, replicas: int) -> None:
+        """This client is one of `replicas` sending its lane: it keeps to its share of the
+        lane's rate ceiling, so grown senders never push the project over its quota."""
+        self.limiter = AsyncLimiter(self.settings.send_rate_per_s("fcm", self.lane) / replicas, 1)
 
     async def send(self, batch: pa.Table) -> pa.Table:
         frame = pl.from_arrow(batch)

@@ -1,0 +1,194 @@
+"""Push senders grow with each lane's send backlog and shrink once it is gone.
+
+Demand is the queue of work a lane has not handed to its senders yet: the event log's lag
+(events no router has finished) plus, in the marketing lane, the users that running
+campaigns still have to reach (the fan-out queue). Router 0 measures it every
+`sender_scale_interval_s` and sizes the lane's push senders (APNs and FCM alike) to
+ceil(backlog / `sender_backlog_per_replica`) within 1 .. `sender_replicas_max`.
+
+Replica 0 of each (channel, lane) is the fixed sender `cluster.bootstrap` starts; grown
+replicas reserve `sender_num_cpus`, so on a full cluster they are the resource demand the
+Ray autoscaler adds a node for, and they are used once they answer a ping. The lane's size
+lives in Redis (hash `senders`, field `<lane>:size`): every router splits a lane's batch
+over that many replicas and tells each its share, so the provider's rate ceiling is divided
+among the replicas rather than multiplied by them.
+
+Shrinking waits until the backlog has wanted fewer replicas for `sender_idle_s`, lowers
+the size first, and removes a replica only once the routers have seen the new size and it
+has nothing in flight, so no push is cut off mid-send (a call that still reaches a removed
+replica fails as a whole and its rows are retried — none of them was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import ray
+import redis.asyncio as aioredis
+
+from actors.fanout_worker import sent_users_key
+from cluster import metrics
+from cluster.campaigns import CampaignStore
+from cluster.event_log import LANES, EventLog
+from cluster.names import PUSH_CHANNELS, sender_name
+from cluster.settings import HeraldSettings
+
+log = logging.getLogger("herald.sender_pool")
+
+# How long routers keep a lane's size before reading it again.
+SIZE_CACHE_S = 1.0
+
+
+def start_sender(
+    settings: HeraldSettings, channel: str, lane: str, replica: int = 0
+) -> ray.actor.ActorHandle:
+    """Create (or find) one sender replica."""
+    # Imported here: cluster.bootstrap imports the router, which imports this module.
+    from actors.sender import ChannelSender
+    from cluster.bootstrap import actor_options
+
+    options = actor_options(settings, sender_name(channel, lane, replica), max_concurrency=1000)
+    if replica:
+        options["num_cpus"] = settings.sender_num_cpus or settings.actor_num_cpus
+    return ray.remote(ChannelSender).options(**options).remote(settings, channel, lane, replica)
+
+
+def running_sender_replicas(settings: HeraldSettings, channel: str, lane: str) -> list[int]:
+    """Replica numbers of one (channel, lane) sender that exist now."""
+    found = []
+    for replica in range(settings.sender_replicas_max):
+        try:
+            ray.get_actor(sender_name(channel, lane, replica), namespace=settings.namespace)
+        except ValueError:
+            continue
+        found.append(replica)
+    return found
+
+
+class SenderPool:
+    def __init__(self, settings: HeraldSettings, redis: aioredis.Redis, log: EventLog) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.log = log
+        self.campaigns = CampaignStore(settings, redis)
+        # The pool's state, in Redis so a restarted router 0 carries on: per lane its
+        # `size`, when the backlog last needed that size (`busy_at`) and when the size was
+        # last lowered (`lowered_at`).
+        self.key = settings.key("senders")
+        self._sizes: dict[str, int] = dict.fromkeys(LANES, 1)
+        self._read_at = -math.inf
+
+    async def sizes(self) -> dict[str, int]:
+        """Replicas per lane the routers split push batches over (read at most once a second)."""
+        if self.settings.sender_replicas_max == 1:
+            return self._sizes
+        if time.monotonic() - self._read_at >= SIZE_CACHE_S:
+            values = await self.redis.hmget(self.key, [f"{lane}:size" for lane in LANES])
+            self._sizes = {
+                lane: min(self.settings.sender_replicas_max, int(value)) if value else 1
+                for lane, value in zip(LANES, values, strict=True)
+            }
+            self._read_at = time.monotonic()
+        return self._sizes
+
+    def wanted(self, backlog: int) -> int:
+        per_replica = self.settings.sender_backlog_per_replica
+        return max(1, min(self.settings.sender_replicas_max, math.ceil(backlog / per_replica)))
+
+    async def backlog(self, lane: str) -> int:
+        """Work the lane has not handed to its senders: log lag, plus the users running
+        campaigns have yet to reach (marketing)."""
+        queued = await self.log.lag(lane)
+        if lane == "marketing":
+            queued += await self._campaign_backlog()
+        return queued
+
+    async def _campaign_backlog(self) -> int:
+        ids = [i.decode() for i in await self.redis.zrange(self.campaigns.due_key, 0, -1)]
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for campaign_id in ids:
+            pipe.hmget(self.campaigns.key(campaign_id), ["state", "selected"])
+            pipe.scard(sent_users_key(self.settings, campaign_id))
+        answers = await pipe.execute()
+        left = 0
+        for (state, selected), sent in zip(answers[::2], answers[1::2], strict=True):
+            if state == b"running" and selected is not None:
+                left += max(0, int(selected) - int(sent))
+        return left
+
+    async def scale(self) -> dict[str, int]:
+        """One round of router 0's sizing: grow, shrink, remove idle replicas; the sizes."""
+        sizes = {}
+        for lane in LANES:
+            sizes[lane] = await self._scale_lane(lane, await self.backlog(lane))
+        return sizes
+
+    async def _scale_lane(self, lane: str, backlog: int) -> int:
+        fields = [f"{lane}:size", f"{lane}:busy_at", f"{lane}:lowered_at"]
+        current, busy_at, lowered_at = await self.redis.hmget(self.key, fields)
+        current = int(current or 1)
+        wanted = self.wanted(backlog)
+        now = time.time()
+        if wanted >= current or busy_at is None:
+            busy_at = now
+            await self.redis.hset(self.key, f"{lane}:busy_at", now)
+        size = current
+        if wanted > current:
+            size = await self._grow(lane, current, wanted)
+        elif now - float(busy_at) >= self.settings.sender_idle_s:
+            size = wanted
+        if size != current:
+            update = {f"{lane}:size": size}
+            if size < current:
+                update[f"{lane}:lowered_at"] = lowered_at = now
+            await self.redis.hset(self.key, mapping=update)
+            log.info(
+                "sender pool: %s lane %d -> %d replicas per push channel",
+                lane,
+                current,
+                size,
+                extra={"lane": lane, "backlog": backlog},
+            )
+        if lowered_at is None or now - float(lowered_at) >= 3 * SIZE_CACHE_S:
+            await self._retire(lane, keep=max(size, wanted))
+        metrics.set_sender_replicas(lane, size)
+        return size
+
+    async def _grow(self, lane: str, current: int, wanted: int) -> int:
+        """Start replicas current..wanted-1 of every push channel; the new size counts the
+        replicas that answered within `sender_grow_wait_s` (others stay pending, the
+        autoscaler's demand, and are picked up in a later round)."""
+        handles = {
+            (replica, channel): start_sender(self.settings, channel, lane, replica)
+            for replica in range(current, wanted)
+            for channel in PUSH_CHANNELS
+        }
+        pings = {asyncio.ensure_future(h.ping.remote()): key for key, h in handles.items()}
+        done, _ = await asyncio.wait(pings, timeout=self.settings.sender_grow_wait_s)
+        answered = {pings[f] for f in done if f.exception() is None}
+        size = current
+        while all((size, channel) in answered for channel in PUSH_CHANNELS) and size < wanted:
+            size += 1
+        return size
+
+    async def _retire(self, lane: str, keep: int) -> None:
+        """Remove replicas from `keep` up that have nothing in flight (replicas still
+        starting count as idle); called once routers have seen the lowered size."""
+        for replica in range(keep, self.settings.sender_replicas_max):
+            for channel in PUSH_CHANNELS:
+                name = sender_name(channel, lane, replica)
+                try:
+                    sender = ray.get_actor(name, namespace=self.settings.namespace)
+                    busy = (await asyncio.wait_for(sender.ping.remote(), 2))["in_flight"]
+                except ValueError:
+                    continue  # not there
+                except (TimeoutError, ray.exceptions.RayError):
+                    busy = 0  # pending or unreachable: nothing of ours in flight there
+                if busy == 0:
+                    ray.kill(sender, no_restart=True)
+                    log.info("sender pool: removed idle %s", name)

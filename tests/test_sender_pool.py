@@ -1,0 +1,124 @@
+"""Push senders grow with a lane's backlog and shrink after it is gone, on the test stack:
+at most 2 replicas per push channel and lane, one per 1,500 rows of backlog, removed 5 s
+after the backlog is gone (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import ray
+import redis
+import redis.asyncio as aioredis
+
+from actors.sender_pool import SenderPool
+from cluster.names import sender_name
+from tests.test_campaigns import campaign_body, import_cohort, wait_campaign
+from tests.test_dead_letters import wait_for
+from tests.test_metrics import scrape
+
+pytestmark = pytest.mark.slow
+
+USERS = 6_000
+
+
+def _pings(stack, lane: str) -> dict[str, dict]:
+    """The push senders of a lane that exist now, by name, with their counters."""
+    out = {}
+    for channel in ("apns", "fcm"):
+        for replica in range(stack.settings.sender_replicas_max):
+            name = sender_name(channel, lane, replica)
+            try:
+                actor = ray.get_actor(name, namespace=stack.settings.namespace)
+                out[name] = ray.get(actor.ping.remote(), timeout=30)
+            except (ValueError, ray.exceptions.RayError):
+                continue
+    return out
+
+
+def test_wanted_replicas_follow_the_backlog(stack):
+    pool = SenderPool(stack.settings, aioredis.Redis.from_url(stack.settings.redis_url), None)
+    per = stack.settings.sender_backlog_per_replica
+    assert [pool.wanted(n) for n in (0, 1, per, per + 1, 100 * per)] == [1, 1, 1, 2, 2]
+
+
+def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp_path, uid):
+    for emulator in emulators.values():
+        emulator.post("/_emulator/reset").raise_for_status()
+    cohort = f"sp{uid}"
+    import_cohort(stack, cohort, USERS, 11, tmp_path)
+    store = redis.Redis.from_url(stack.settings.redis_url)
+    pool_key = stack.settings.key("senders")
+    campaign_id = f"grow-{uid}"
+    body = campaign_body(cohort, campaign_id, respect_quiet_hours=False)
+    api.post("/v1/campaigns", json=body).raise_for_status()
+
+    # While it sends: the marketing lane's size reaches 2 and the grown replicas send.
+    sizes, seen = set(), {}
+    deadline = time.monotonic() + 240
+    while api.get(f"/v1/campaigns/{campaign_id}").json()["state"] != "done":
+        sizes.add(int(store.hget(pool_key, "marketing:size") or 1))
+        seen.update(_pings(stack, "marketing"))
+        assert time.monotonic() < deadline, "the campaign did not finish"
+        time.sleep(0.5)
+    status = wait_campaign(api, campaign_id)
+    assert 2 in sizes, f"the marketing senders never grew: sizes seen {sizes}"
+    for channel in ("apns", "fcm"):
+        grown = seen.get(sender_name(channel, "marketing", 1))
+        assert grown is not None and grown["sent"] > 0, f"{channel} replica 1: {grown}"
+
+    # Every selected user's pushes arrived once, however the batches were split.
+    pushes = {}
+    for kind, emulator in emulators.items():
+        for item in emulator.get("/_emulator/received").json()["received"]:
+            data = item["payload"] if kind == "apns" else item["message"].get("data", {})
+            nid = data.get("notification_id", "")
+            if nid.startswith(f"{campaign_id}") and item["status"] == 200:
+                key = (nid, item["token"])
+                pushes.setdefault(kind, []).append((key, item["received_at"]))
+    keys = [key for rows in pushes.values() for key, _ in rows]
+    assert len(keys) == len(set(keys)), "a push reached a device twice"
+    users = [
+        m.decode() for m in store.smembers(stack.settings.key("campaign", campaign_id, "users"))
+    ]
+    pipe = store.pipeline(transaction=False)
+    for user in users:
+        pipe.hgetall(stack.settings.key("ntf", f"{campaign_id}~{user}"))
+    records = [
+        json.loads(value)
+        for fields in pipe.execute()
+        for name, value in fields.items()
+        if name.startswith(b"d:")
+    ]
+    push_records = [r for r in records if r["channel"] in ("apns", "fcm")]
+    assert push_records and all(r["status"] == "delivered" for r in push_records)
+    assert len(keys) == len(push_records)
+    assert status["failed"] == 0
+
+    # Split across replicas, FCM still keeps to the lane's ceiling (each replica takes its
+    # share): n messages at `rate`/s, allowing each limiter's initial burst.
+    rate = stack.settings.marketing_fcm_rate_per_s
+    fcm = sorted(at for _, at in pushes["fcm"])
+    bursts = rate * (1 + 2 * 0.5)  # the first limiter, then each replica's half-size one
+    assert fcm[-1] - fcm[0] >= (len(fcm) - bursts) / rate - 0.5
+
+    # Once the backlog is gone the lane shrinks back to one sender per channel.
+    def shrunk():
+        names = set(_pings(stack, "marketing"))
+        return int(store.hget(pool_key, "marketing:size") or 1) == 1 and names == {
+            sender_name("apns", "marketing"),
+            sender_name("fcm", "marketing"),
+        }
+
+    wait_for(shrunk, timeout_s=60)
+    gauge = "ray_herald_sender_replicas{lane=marketing}"
+    wait_for(lambda: scrape(stack.metrics_url).get(gauge) == 1.0, timeout_s=60)
+
+    # …and the next campaign goes out on the fixed senders alone.
+    small = f"after-{uid}"
+    api.post(
+        "/v1/campaigns", json=campaign_body(cohort, small, audience_limit=50)
+    ).raise_for_status()
+    after = wait_campaign(api, small)
+    assert after["delivered"] == after["sent"] > 0
