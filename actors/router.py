@@ -734,19 +734,21 @@ class EventRouter:
         if deliveries.height == 0:
             return
         sizes = await self.senders.sizes()
-        parts = []  # (sender name, rows, replicas sharing the lane)
+        parts = []  # ((channel, lane, replica), rows, replicas sharing the lane)
         lanes = deliveries.partition_by("channel", "lane", as_dict=True)
         for (channel, lane), rows in lanes.items():
             replicas = sizes[lane] if channel in PUSH_CHANNELS else 1
             step = math.ceil(rows.height / replicas)
             parts += [
-                (sender_name(channel, lane, r), rows.slice(r * step, step), replicas)
+                ((channel, lane, r), rows.slice(r * step, step), replicas)
                 for r in range(replicas)
                 if r * step < rows.height
             ]
         calls = [
-            self._handle(name).send.remote(part.select(_DELIVERY_COLUMNS).to_arrow(), replicas)
-            for name, part, replicas in parts
+            self.senders.handle(*replica).send.remote(
+                part.select(_DELIVERY_COLUMNS).to_arrow(), replicas
+            )
+            for replica, part, replicas in parts
         ]
         # One sender failing (its actor restarting, its Redis connection gone stale) must
         # not lose the answers of the others: those pushes are out, and re-sending them with
@@ -756,8 +758,8 @@ class EventRouter:
             [
                 part.join(pl.from_arrow(result), on="delivery_id", how="inner")
                 if not isinstance(result, BaseException)
-                else self._unanswered(name, part, result)
-                for (name, part, _), result in zip(parts, results, strict=True)
+                else self._unanswered(replica, part, result)
+                for (replica, part, _), result in zip(parts, results, strict=True)
             ],
             how="vertical_relaxed",
         ).with_columns(attempts=pl.col("attempt") + 1)
@@ -771,13 +773,16 @@ class EventRouter:
             # The webhook fallback is for order updates, never for marketing.
             await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
 
-    def _unanswered(self, sender: str, part: pl.DataFrame, error: BaseException) -> pl.DataFrame:
+    def _unanswered(
+        self, replica: tuple[str, str, int], part: pl.DataFrame, error: BaseException
+    ) -> pl.DataFrame:
         """A sender call that failed as a whole: every row of it is to be retried. The
         handle is looked up afresh next time (a removed replica may be started again)."""
         if isinstance(error, asyncio.CancelledError):
             raise error
-        self._handles.pop(sender, None)
-        log.warning("router: %s failed for %d rows: %r", sender, part.height, error)
+        self.senders.forget(*replica)
+        name = sender_name(*replica)
+        log.warning("router: %s failed for %d rows: %r", name, part.height, error)
         self.counts["sender_call_failed"] += 1
         return part.with_columns(
             outcome=pl.lit("retry"),

@@ -11,7 +11,10 @@ replicas reserve `sender_num_cpus`, so on a full cluster they are the resource d
 Ray autoscaler adds a node for, and they are used once they answer a ping. The lane's size
 lives in Redis (hash `senders`, field `<lane>:size`): every router splits a lane's batch
 over that many replicas and tells each its share, so the provider's rate ceiling is divided
-among the replicas rather than multiplied by them.
+among the replicas rather than multiplied by them. Each removal bumps the lane's
+`<lane>:retired` count, and routers then drop their cached handles of that lane's replicas:
+a handle to a removed replica stays dead even when a replica of the same name is started
+again.
 
 Shrinking waits until the backlog has wanted fewer replicas for `sender_idle_s`, lowers
 the size first, and removes a replica only once the routers have seen the new size and it
@@ -79,20 +82,36 @@ class SenderPool:
         # last lowered (`lowered_at`).
         self.key = settings.key("senders")
         self._sizes: dict[str, int] = dict.fromkeys(LANES, 1)
+        self._retired: dict[str, bytes | None] = dict.fromkeys(LANES)
         self._read_at = -math.inf
+        self._handles: dict[str, tuple[str, ray.actor.ActorHandle]] = {}  # name: (lane, handle)
 
     async def sizes(self) -> dict[str, int]:
         """Replicas per lane the routers split push batches over (read at most once a second)."""
         if self.settings.sender_replicas_max == 1:
             return self._sizes
         if time.monotonic() - self._read_at >= SIZE_CACHE_S:
-            values = await self.redis.hmget(self.key, [f"{lane}:size" for lane in LANES])
-            self._sizes = {
-                lane: min(self.settings.sender_replicas_max, int(value)) if value else 1
-                for lane, value in zip(LANES, values, strict=True)
-            }
+            fields = [f"{lane}:{field}" for lane in LANES for field in ("size", "retired")]
+            values = await self.redis.hmget(self.key, fields)
+            for lane, size, retired in zip(LANES, values[::2], values[1::2], strict=True):
+                self._sizes[lane] = min(self.settings.sender_replicas_max, int(size or 1))
+                if retired != self._retired[lane]:
+                    self._retired[lane] = retired
+                    self._handles = {n: e for n, e in self._handles.items() if e[0] != lane}
             self._read_at = time.monotonic()
         return self._sizes
+
+    def handle(self, channel: str, lane: str, replica: int) -> ray.actor.ActorHandle:
+        """The cached handle of one replica (named-actor lookups go to the GCS)."""
+        name = sender_name(channel, lane, replica)
+        if name not in self._handles:
+            actor = ray.get_actor(name, namespace=self.settings.namespace)
+            self._handles[name] = (lane, actor)
+        return self._handles[name][1]
+
+    def forget(self, channel: str, lane: str, replica: int) -> None:
+        """Look the replica up afresh next time (its call failed as a whole)."""
+        self._handles.pop(sender_name(channel, lane, replica), None)
 
     def wanted(self, backlog: int) -> int:
         per_replica = self.settings.sender_backlog_per_replica
@@ -191,4 +210,5 @@ class SenderPool:
                     busy = 0  # pending or unreachable: nothing of ours in flight there
                 if busy == 0:
                     ray.kill(sender, no_restart=True)
+                    await self.redis.hincrby(self.key, f"{lane}:retired", 1)
                     log.info("sender pool: removed idle %s", name)

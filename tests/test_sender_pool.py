@@ -13,7 +13,7 @@ import redis
 import redis.asyncio as aioredis
 
 from actors.sender_pool import SenderPool
-from cluster.names import sender_name
+from cluster.names import router_name, sender_name
 from tests.test_campaigns import campaign_body, import_cohort, wait_campaign
 from tests.test_dead_letters import wait_for
 from tests.test_metrics import scrape
@@ -115,10 +115,27 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
     gauge = "ray_herald_sender_replicas{lane=marketing}"
     wait_for(lambda: scrape(stack.metrics_url).get(gauge) == 1.0, timeout_s=60)
 
-    # …and the next campaign goes out on the fixed senders alone.
-    small = f"after-{uid}"
-    api.post(
-        "/v1/campaigns", json=campaign_body(cohort, small, audience_limit=50)
-    ).raise_for_status()
-    after = wait_campaign(api, small)
-    assert after["delivered"] == after["sent"] > 0
+    # …and grows again for the next campaign: the routers reach the restarted replicas
+    # rather than the removed ones (no sender call fails, nothing is retried for it).
+    failed_before = _failed_sender_calls(stack)
+    again = f"again-{uid}"
+    api.post("/v1/campaigns", json=campaign_body(cohort, again)).raise_for_status()
+    sizes = set()
+    deadline = time.monotonic() + 240
+    while api.get(f"/v1/campaigns/{again}").json()["state"] != "done":
+        sizes.add(int(store.hget(pool_key, "marketing:size") or 1))
+        assert time.monotonic() < deadline, "the second campaign did not finish"
+        time.sleep(0.5)
+    after = wait_campaign(api, again)
+    assert 2 in sizes, f"the marketing senders did not grow again: sizes seen {sizes}"
+    assert after["delivered"] == after["sent"] > 0 and after["failed"] == 0
+    assert _failed_sender_calls(stack) == failed_before
+
+
+def _failed_sender_calls(stack) -> int:
+    """Sender calls that failed as a whole, summed over the routers."""
+    total = 0
+    for index in range(stack.settings.routers):
+        router = ray.get_actor(router_name(index), namespace=stack.settings.namespace)
+        total += ray.get(router.ping.remote(), timeout=30).get("sender_call_failed", 0)
+    return total
