@@ -275,6 +275,11 @@ class EventRouter:
             audience_limit=self.settings.price_drop_audience_limit,
         )
         targets, suppressed = planned.targets, planned.suppressed
+        if planned.chosen.height:  # logged before sending, as the fan-out workers do
+            sent = price_drops.sends(planned.chosen, model_version=ranker.version, now=now)
+            await asyncio.to_thread(
+                feedback_log.write, sent, self.settings.feedback_root, "sends", "sent_at"
+            )
         content = price_drops.messages(drops)
         step = self.settings.batch_max_rows
         for start in range(0, suppressed.height, step):

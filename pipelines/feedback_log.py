@@ -1,12 +1,14 @@
 """The feedback log: what the next ranking model is trained on, as Parquet files partitioned
 by day (`<root>/sends/day=YYYY-MM-DD/*.parquet`, `<root>/actions/day=YYYY-MM-DD/*.parquet`).
 
-*Sends* are written by the fan-out workers when a campaign is planned: one row per chosen
-user with the inputs of the feature contract exactly as they were scored (the snapshot's
-columns, not a later copy), the campaign, category, variant and its style, the model version
-and the score. *Actions* are `POST /v1/feedback` (opened, clicked, dismissed), exported from
-the Redis feedback stream by the routers. `training_rows` joins the two into one row per send
-with `opened` / `clicked` labels — the frame `models.training` takes.
+*Sends* are written by the fan-out workers when a campaign is planned, and by the routers
+when a price drop is (`pipelines.price_drops.sends`: campaign id = the event id): one row
+per chosen user with the inputs of the feature contract exactly as they were scored (the
+snapshot's columns, not a later copy), the campaign, category, variant and its style, the
+model version and the score. *Actions* are `POST /v1/feedback` (opened, clicked,
+dismissed), exported from the Redis feedback stream by the routers. `training_rows` joins
+the two into one row per send with `opened` / `clicked` labels — the frame
+`models.training` takes.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ categories of a batch's events, one ranker call each):
    marketing retry set until then, as it does a campaign's.
 2. **Ranking** — the ranker (the registry's current model) scores P(opened) per wisher, as
    for one campaign variant of style `STYLE` ("discount": what a price drop is), with the
-   event's `category` (an optional event field) as the affinity feature; unknown or missing
-   category → affinity 0.
+   event's `category` (an optional event field, one of `models.synth.CATEGORIES`, checked
+   at the door) as the affinity feature; a missing category → affinity 0.
 3. **Frequency cap inside the batch** — a user who wishes for several of the products that
    dropped in one batch counts each notification against the cap, best-scored first
    (`eligibility.over_cap_in_batch`): at count c with cap m they get at most m − c of them.
@@ -36,6 +36,10 @@ categories of a batch's events, one ranker call each):
    counted (`eligible` − `selected`) but not recorded per user: bounding the work per drop
    is what the limit is for. Targets come out best score first, so with or without a limit
    the ranked order decides who is sent (and who hears of the drop) first.
+
+`sends` turns the selected notifications into feedback-log rows (`pipelines.feedback_log`),
+the features as scored, so the next model also learns from price drops (campaign id: the
+event id; variant `price_drop`).
 
 Suppressed notifications are recorded with their reason (`GET /v1/notifications/{id}`
 answers `suppressed`), except `already_sent` ones, whose record is the one that reached the
@@ -53,7 +57,7 @@ import polars as pl
 from cluster.tables.deliveries import DELIVERIES
 from cluster.tables.devices import CHANNEL_OF_PLATFORM
 from models.ranker import Ranker
-from pipelines import eligibility
+from pipelines import eligibility, feedback_log
 
 TYPE = "price.dropped"
 TITLE = "Price drop"
@@ -96,11 +100,14 @@ _DEVICE_COLUMNS = ["device_id", "platform", "token"]
 class Plan(NamedTuple):
     """`targets`: `TARGET_COLUMNS`, one row per delivery, best-scored notification first,
     a notification's rows adjacent. `suppressed`: `SUPPRESSED_COLUMNS` + reason, one row
-    per notification to record as suppressed. `counts`: by stage, see the module doc."""
+    per notification to record as suppressed. `counts`: by stage, see the module doc.
+    `chosen`: one row per selected notification with its score and the ranker's inputs
+    (for `sends`)."""
 
     targets: pl.DataFrame
     suppressed: pl.DataFrame
     counts: dict[str, int]
+    chosen: pl.DataFrame
 
 
 def notification_id(event_id: pl.Expr, user_id: pl.Expr) -> pl.Expr:
@@ -215,7 +222,22 @@ def plan(
         "selected": kept.height,
         "deferred": int(kept["send_after"].is_not_null().sum()),
     }
-    return Plan(targets, recorded, counts)
+    inputs = [c for c in kept.columns if c in feedback_log.FEATURE_INPUTS]
+    inputs += [c for c in kept.columns if c.startswith("affinity_")]
+    chosen = kept.select("notification_id", "user_id", "event_id", "category", "score", *inputs)
+    return Plan(targets, recorded, counts, chosen)
+
+
+def sends(chosen: pl.DataFrame, *, model_version: str, now: float) -> pl.DataFrame:
+    """Feedback-log rows of a plan's `chosen` notifications, as a campaign's are logged."""
+    return chosen.select(
+        pl.exclude("event_id"),
+        campaign_id=pl.col("event_id"),
+        variant_id=pl.lit("price_drop"),
+        style=pl.lit(STYLE),
+        model_version=pl.lit(model_version),
+        sent_at=pl.lit(now, dtype=pl.Float64),
+    )
 
 
 def _scores(kept: pl.DataFrame, ranker: Ranker, now: float) -> pl.Series:

@@ -14,7 +14,7 @@ import pytest
 from actors.columnar import GroupedTable
 from cluster.tables.wishlists import WISHLISTS
 from models.ranker import load_ranker
-from pipelines.price_drops import VARIANTS, Plan, messages, meta, plan, render
+from pipelines.price_drops import VARIANTS, Plan, messages, meta, plan, render, sends
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()  # Berlin 13:00 (UTC+1)
 RANKER = load_ranker()
@@ -109,7 +109,7 @@ class ByUser:
 
 
 def test_one_notification_per_event_and_wisher_following_preferences():
-    targets, suppressed, counts = run()
+    targets, suppressed, counts, _ = run()
     assert by_notification(targets) == {
         "e1:both": {("d-ios", "apns"), ("d-and", "fcm"), ("inbox", "inbox")},
         "e1:nodevice": {("inbox", "inbox")},
@@ -138,7 +138,7 @@ def test_one_notification_per_event_and_wisher_following_preferences():
 
 
 def test_content_and_ids():
-    targets, _, _ = run()
+    targets, _, _, _ = run()
     deliveries = render(targets, messages(EVENTS))
     row = deliveries.filter(pl.col("delivery_id") == "e1:both|d-ios").row(0, named=True)
     assert row["title"] == "Price drop"
@@ -159,7 +159,7 @@ def test_content_and_ids():
 
 
 def test_targets_render_in_any_chunking():
-    targets, _, _ = run()
+    targets, _, _, _ = run()
     content = messages(EVENTS)
     whole = render(targets, content)
     pieces = pl.concat([render(c, content) for c in targets.iter_slices(2)])
@@ -172,7 +172,7 @@ def test_targets_render_in_any_chunking():
 
 
 def test_no_wishers_is_empty():
-    targets, suppressed, counts = run(audience=AUDIENCE.head(0))
+    targets, suppressed, counts, _ = run(audience=AUDIENCE.head(0))
     assert targets.height == 0 and suppressed.height == 0
     assert counts["targeted"] == counts["selected"] == 0
     assert render(targets, messages(EVENTS)).height == 0
@@ -186,7 +186,7 @@ def test_price_alert_opt_out_is_its_own_category():
         cat_price_alert=[False, True],
         cat_marketing=[True, False],
     )
-    targets, suppressed, counts = run(drop("e", "P"), audience)
+    targets, suppressed, counts, _ = run(drop("e", "P"), audience)
     assert set(targets["user_id"]) == {"marketing-off"}
     assert suppressed.select("user_id", "reason").rows() == [("alerts-off", "category_opt_out")]
     assert counts["suppressed:category_opt_out"] == 1 and counts["selected"] == 1
@@ -204,7 +204,7 @@ def test_quiet_hours_hold_until_the_window_ends():
         quiet_start_min=pl.Series([12 * 60 + 30, 22 * 60, 23 * 60, None], dtype=pl.Int16),
         quiet_end_min=pl.Series([14 * 60, 7 * 60, 8 * 60 + 30, None], dtype=pl.Int16),
     )
-    targets, suppressed, counts = run(drop("e", "P"), audience)
+    targets, suppressed, counts, _ = run(drop("e", "P"), audience)
     release = dict(targets.unique("user_id").select("user_id", "send_after").rows())
     assert release == {
         "berlin-quiet": NOW + 3600,
@@ -232,7 +232,7 @@ def test_frequency_cap_counts_what_campaigns_sent_today():
         max_marketing_per_day=pl.Series([2, 2, 0, None], dtype=pl.Int32),
     )
     sent_today = pl.DataFrame({"user_id": ["at-cap", "below-cap"], "count": [2, 1]})
-    targets, suppressed, counts = run(drop("e", "P"), audience, sent_today=sent_today)
+    targets, suppressed, counts, _ = run(drop("e", "P"), audience, sent_today=sent_today)
     assert set(targets["user_id"]) == {"below-cap", "fresh"}
     assert dict(suppressed.select("user_id", "reason").rows()) == {
         "at-cap": "frequency_cap",
@@ -257,7 +257,8 @@ def test_frequency_cap_across_drops_in_one_batch_keeps_the_best_scored():
         def score(self, users, variants, *, category, now):
             return np.array([[0.2 if p == "Q" else 0.1] for p in users["product_id"]])
 
-    targets, suppressed, counts = run(events, audience, sent_today=sent_today, ranker=ByProduct({}))
+    ranked = ByProduct({})
+    targets, suppressed, counts, _ = run(events, audience, sent_today=sent_today, ranker=ranked)
     assert sorted(targets["notification_id"].unique()) == [
         "e1:two-left",
         "e2:one-left",
@@ -273,7 +274,7 @@ def test_frequency_cap_across_drops_in_one_batch_keeps_the_best_scored():
 def test_redelivery_skips_the_wishers_already_reached_without_recording_them():
     audience = wishers("P", ["a", "b", "c"])
     already = pl.Series(["e:a", "e:c", "other:b"])
-    targets, suppressed, counts = run(drop("e", "P"), audience, already_sent=already)
+    targets, suppressed, counts, _ = run(drop("e", "P"), audience, already_sent=already)
     assert set(targets["user_id"]) == {"b"}
     assert suppressed.height == 0  # their own record says how they were reached
     assert counts["suppressed:already_sent"] == 2 and counts["selected"] == 1
@@ -282,7 +283,7 @@ def test_redelivery_skips_the_wishers_already_reached_without_recording_them():
 def test_ranked_by_the_models_score_best_first():
     users = ["u1", "u2", "u3", "u4", "u5"]
     scores = {"u1": 0.1, "u2": 0.5, "u3": 0.3, "u4": 0.9, "u5": 0.2}
-    targets, _, counts = run(drop("e", "P"), wishers("P", users), ranker=ByUser(scores))
+    targets, _, counts, _ = run(drop("e", "P"), wishers("P", users), ranker=ByUser(scores))
     order = targets.unique("notification_id", maintain_order=True)
     assert order["user_id"].to_list() == ["u4", "u2", "u3", "u5", "u1"]
     assert order["score"].to_list() == [0.9, 0.5, 0.3, 0.2, 0.1]
@@ -297,14 +298,31 @@ def test_the_shipped_model_ranks_by_the_products_category_affinity():
     affinity = pl.Series([0.1, 0.9, 0.5], dtype=pl.Float32)
     audience = wishers("P", ["low", "high", "mid"], affinity_fashion=affinity)
     events = drop("e", "P", category="fashion")
-    targets, _, _ = run(events, audience)
+    targets, _, _, _ = run(events, audience)
     order = targets.unique("notification_id", maintain_order=True)
     assert order["user_id"].to_list() == ["high", "mid", "low"]
     expected = RANKER.score(audience, VARIANTS, category="fashion", now=NOW)[:, 0]
     assert order["score"].to_list() == pytest.approx(list(expected[[1, 2, 0]]), abs=0)
     # without a category the affinity does not count: every score is the same
-    flat, _, _ = run(drop("e", "P"), audience)
+    flat, _, _, _ = run(drop("e", "P"), audience)
     assert flat["score"].n_unique() == 1
+
+
+def test_sends_log_the_chosen_wishers_as_scored():
+    """The feedback-log rows of a drop: one per selected notification, with the score it
+    was ranked by and the affinity it was scored with, under the event's id."""
+    affinity = pl.Series([0.1, 0.9, 0.5], dtype=pl.Float32)
+    audience = wishers("P", ["low", "high", "mid"], affinity_fashion=affinity)
+    _, _, _, chosen = run(drop("e", "P", category="fashion"), audience, audience_limit=2)
+    rows = sends(chosen, model_version="m7", now=NOW)
+    assert rows["user_id"].to_list() == ["high", "mid"]
+    assert rows["notification_id"].to_list() == ["e:high", "e:mid"]
+    assert rows["affinity_fashion"].to_list() == pytest.approx([0.9, 0.5])
+    expected = RANKER.score(audience, VARIANTS, category="fashion", now=NOW)[:, 0]
+    assert rows["score"].to_list() == pytest.approx(list(expected[[1, 2]]), abs=0)
+    assert rows.select("campaign_id", "variant_id", "category", "style", "model_version").unique(
+    ).rows() == [("e", "price_drop", "fashion", "discount", "m7")]  # fmt: skip
+    assert set(rows["sent_at"]) == {NOW} and "timezone" in rows.columns
 
 
 def test_audience_limit_keeps_each_drops_best_wishers():
@@ -312,7 +330,7 @@ def test_audience_limit_keeps_each_drops_best_wishers():
     scores = {"u1": 0.4, "u2": 0.1, "u3": 0.3, "u4": 0.2}
     events = pl.concat([drop("e1", "P"), drop("e2", "Q")])
     audience = pl.concat([wishers("P", users), wishers("Q", users[:1])])
-    targets, suppressed, counts = run(events, audience, ranker=ByUser(scores), audience_limit=2)
+    targets, suppressed, counts, _ = run(events, audience, ranker=ByUser(scores), audience_limit=2)
     order = targets.unique("notification_id", maintain_order=True)["notification_id"]
     assert order.to_list() == ["e1:u1", "e2:u1", "e1:u3"]
     assert suppressed.height == 0  # left out by the limit: counted, not recorded

@@ -9,6 +9,7 @@ import json
 import time
 
 import httpx
+import polars as pl
 import pytest
 import ray
 import redis
@@ -18,7 +19,9 @@ from cluster.dead_letters import list_dead_letters
 from cluster.demo import apns_token, fcm_token, wait_final
 from cluster.names import shard_name
 from cluster.sharding import shard_of
+from pipelines import feedback_log
 from tests.test_api import fields_of
+from tests.test_dead_letters import wait_for
 from tests.test_e2e import received_for, register
 from tests.test_kafka import produce
 
@@ -64,13 +67,15 @@ def test_price_drop_events_are_validated(api):
     assert "events[0].new_price" in reasons(new_price="cheap")
     assert "events[0].currency" in reasons(currency="euro")
     assert "events[0].product_id" in reasons(product_id="")
+    # the ranker knows these categories only; another would silently score as affinity 0
+    assert "home" in reasons(category="gadgets")["events[0].category"]
     missing = price_drop("pd-bad", "p1")
     del missing["old_price"]
     assert "events[0].old_price" in fields_of(api.post("/v1/events", json={"events": [missing]}))
 
 
 @pytest.mark.eventlog
-def test_price_drop_reaches_exactly_the_wishers(api, emulators, uid):
+def test_price_drop_reaches_exactly_the_wishers(stack, api, emulators, uid):
     product, other = f"P-{uid}", f"X-{uid}"
     u = {name: f"{name}-{uid}" for name in "abcdefgh"}
     tokens = {"a_ios": apns_token(), "a_and": fcm_token(), "b_web": fcm_token(),
@@ -92,7 +97,9 @@ def test_price_drop_reaches_exactly_the_wishers(api, emulators, uid):
     put_wishlist(api, u["h"], [product, product])  # orders off does not matter here
     api.put(f"/v1/users/{u['h']}/preferences", json={"categories": {"order": False}})
 
-    event = price_drop(f"pd-{uid}", product, currency="USD", title="Headphones")
+    event = price_drop(
+        f"pd-{uid}", product, currency="USD", title="Headphones", category="electronics"
+    )
     answer = api.post("/v1/events", json={"events": [event]})
     assert answer.status_code == 202 and answer.json()["accepted"] == [f"pd-{uid}"]
 
@@ -129,6 +136,23 @@ def test_price_drop_reaches_exactly_the_wishers(api, emulators, uid):
         assert [i["notification_id"] for i in items] == expected, n
     item = api.get(f"/v1/users/{u['e']}/inbox").json()["items"][0]
     assert item["data"]["old_price"] == "100.00" and item["data"]["currency"] == "USD"
+
+    # The sends are in the feedback log as they were scored, and an open joins them: the
+    # next model learns from price drops too.
+    opened = {"notification_id": nid["a"], "user_id": u["a"], "action": "opened"}
+    assert api.post("/v1/feedback", json=opened).json()["counted"] is True
+
+    def logged() -> list[pl.DataFrame]:
+        rows = feedback_log.training_rows(stack.settings.feedback_root)
+        rows = rows.filter(pl.col("campaign_id") == f"pd-{uid}") if rows.height else rows
+        return [rows] if rows.height and rows["opened"].any() else []
+
+    [logged] = wait_for(logged, timeout_s=30)
+    assert sorted(logged["notification_id"]) == sorted(nid[n] for n in "abegh")
+    assert logged.filter(pl.col("opened"))["user_id"].to_list() == [u["a"]]
+    assert set(logged["style"]) == {"discount"} and set(logged["category"]) == {"electronics"}
+    assert logged["score"].is_between(0, 1).all() and "affinity_electronics" in logged.columns
+    assert set(logged["model_version"]) == {api.get("/v1/models").json()["current"]}
 
     # The same event again is a duplicate and sends nothing new.
     again = api.post("/v1/events", json={"events": [event]}).json()

@@ -132,6 +132,9 @@ class PriceDropped(BaseModel):
     new_price: Price
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
     title: str | None = Field(None, min_length=1, max_length=200, description="Product name")
+    category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
+        None, description="Product category; the ranker's affinity feature (unset: affinity 0)"
+    )
 
     @model_validator(mode="after")
     def _is_a_drop(self) -> PriceDropped:
