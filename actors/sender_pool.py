@@ -4,7 +4,10 @@ Demand is the queue of work a lane has not handed to its senders yet: the event 
 (events no router has finished) plus, in the marketing lane, the users that running
 campaigns still have to reach (the fan-out queue). Router 0 measures it every
 `sender_scale_interval_s` and sizes the lane's push senders (APNs and FCM alike) to
-ceil(backlog / `sender_backlog_per_replica`) within 1 .. `sender_replicas_max`.
+ceil(backlog / `sender_backlog_per_replica`), at least 1 and at most the lane's *ceiling*:
+`sender_replicas_max`, or fewer when the lane's rate ceilings need fewer — a replica sends
+about `sender_<channel>_capacity_per_s`, and a lane held to 500 FCM pushes/s gains nothing
+from a second FCM replica but a process competing for the cores order updates need.
 
 Replica 0 of each (channel, lane) is the fixed sender `cluster.bootstrap` starts; grown
 replicas reserve `sender_num_cpus`, so on a full cluster they are the resource demand the
@@ -113,9 +116,21 @@ class SenderPool:
         """Look the replica up afresh next time (its call failed as a whole)."""
         self._handles.pop(sender_name(channel, lane, replica), None)
 
-    def wanted(self, backlog: int) -> int:
+    def ceiling(self, lane: str) -> int:
+        """The most replicas that still add throughput under the lane's rate ceilings."""
+        capacity = {
+            "apns": self.settings.sender_apns_capacity_per_s,
+            "fcm": self.settings.sender_fcm_capacity_per_s,
+        }
+        useful = max(
+            math.ceil(self.settings.send_rate_per_s(channel, lane) / capacity[channel])
+            for channel in PUSH_CHANNELS
+        )
+        return max(1, min(self.settings.sender_replicas_max, useful))
+
+    def wanted(self, lane: str, backlog: int) -> int:
         per_replica = self.settings.sender_backlog_per_replica
-        return max(1, min(self.settings.sender_replicas_max, math.ceil(backlog / per_replica)))
+        return max(1, min(self.ceiling(lane), math.ceil(backlog / per_replica)))
 
     async def backlog(self, lane: str) -> int:
         """Work the lane has not handed to its senders: log lag, plus the users running
@@ -151,7 +166,7 @@ class SenderPool:
         fields = [f"{lane}:size", f"{lane}:busy_at", f"{lane}:lowered_at"]
         current, busy_at, lowered_at = await self.redis.hmget(self.key, fields)
         current = int(current or 1)
-        wanted = self.wanted(backlog)
+        wanted = self.wanted(lane, backlog)
         now = time.time()
         if wanted >= current or busy_at is None:
             busy_at = now

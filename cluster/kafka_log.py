@@ -106,6 +106,8 @@ class KafkaEventLog:
         self._producer_lock = asyncio.Lock()
         self._readers: dict[str, _Reader] = {}
         self._owner: dict[str, str] = {}  # entry id -> consumer name
+        self._probes: dict[str, AIOKafkaConsumer] = {}  # lane -> lag probe
+        self._probe_lock = asyncio.Lock()
 
     def topic(self, lane: str) -> str:
         return f"{self.settings.kafka_log_topic_prefix}{lane}"
@@ -321,22 +323,27 @@ class KafkaEventLog:
         """Records not yet committed by the lane's group, over all partitions (the high
         watermark minus the group's commit; tansu, the test broker, reports a smaller end
         offset than Kafka does, so there this undercounts)."""
-        # A group-less probe that never subscribes, so it cannot trigger a rebalance; it
-        # reads the group's commits through the offset-fetch API of the group coordinator.
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.group(lane),
-            enable_auto_commit=False,
-        )
-        await probe.start()
-        try:
-            await probe.topics()  # fetches the cluster metadata
-            partitions = probe.partitions_for_topic(self.topic(lane)) or set()
-            tps = [TopicPartition(self.topic(lane), p) for p in partitions]
-            ends = await probe.end_offsets(tps) if tps else {}
-            committed = [await probe.committed(tp) for tp in tps]
-            return sum(
-                max(0, ends[tp] - (done or 0)) for tp, done in zip(tps, committed, strict=True)
-            )
-        finally:
-            await stop_quietly(probe)
+        # A probe that never subscribes, so it cannot trigger a rebalance; it reads the
+        # group's commits through the offset-fetch API of the group coordinator. Kept per
+        # lane (router 0 asks every few seconds); one that fails is closed and rebuilt.
+        async with self._probe_lock:
+            probe = self._probes.pop(lane, None)
+            try:
+                if probe is None:
+                    probe = AIOKafkaConsumer(
+                        bootstrap_servers=self.settings.kafka_bootstrap,
+                        group_id=self.group(lane),
+                        enable_auto_commit=False,
+                    )
+                    await probe.start()
+                await probe.topics()  # fetches the cluster metadata
+                partitions = probe.partitions_for_topic(self.topic(lane)) or set()
+                tps = [TopicPartition(self.topic(lane), p) for p in partitions]
+                ends = await probe.end_offsets(tps) if tps else {}
+                committed = [await probe.committed(tp) for tp in tps]
+            except BaseException:
+                if probe is not None:
+                    await stop_quietly(probe)
+                raise
+            self._probes[lane] = probe
+        return sum(max(0, ends[tp] - (done or 0)) for tp, done in zip(tps, committed, strict=True))

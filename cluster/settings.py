@@ -162,6 +162,19 @@ class HeraldSettings(BaseSettings):
         description="Lane backlog (log lag plus users running campaigns still have to reach) "
         "each push sender replica is sized for.",
     )
+    sender_apns_capacity_per_s: float = Field(
+        2_500,
+        gt=0,
+        description="Pushes/s one APNs sender replica sends with a core to itself (aioapns: "
+        "~3k/s on the reference box). A lane whose APNs and FCM ceilings one replica covers "
+        "never grows: more replicas would only split the same rate.",
+    )
+    sender_fcm_capacity_per_s: float = Field(
+        600,
+        gt=0,
+        description="Pushes/s one FCM sender replica sends with a core to itself "
+        "(firebase-admin: ~700/s on the reference box).",
+    )
     sender_num_cpus: float | None = Field(
         None,
         gt=0,

@@ -54,8 +54,10 @@ def stack(
         fanout_workers=1,
         fanout_workers_max=2,
         # Push senders grow to 2 replicas per lane once a lane's backlog passes 1,500 (the
-        # campaign and fault tests cross it), and shrink 5 s after it is gone.
+        # campaign and fault tests cross it), and shrink 5 s after it is gone. An FCM replica
+        # is counted as 250/s so that the marketing lane's 500/s ceiling lets it grow too.
         sender_replicas_max=2,
+        sender_fcm_capacity_per_s=250,
         sender_backlog_per_replica=1_500,
         sender_idle_s=5.0,
         sender_scale_interval_s=1.0,

@@ -267,6 +267,7 @@ def test_autoscaler_adds_a_worker_for_senders_and_removes_it_when_idle(request, 
         namespace=f"test-autoscale-senders-{os.getpid()}",
         sender_replicas_max=2,
         sender_backlog_per_replica=100,
+        sender_fcm_capacity_per_s=250,  # the marketing lane's 500 FCM/s: room for 2
         sender_num_cpus=1,
         sender_grow_wait_s=60,
         sender_idle_s=1,

@@ -1,6 +1,7 @@
 """Push senders grow with a lane's backlog and shrink after it is gone, on the test stack:
-at most 2 replicas per push channel and lane, one per 1,500 rows of backlog, removed 5 s
-after the backlog is gone (tests/conftest.py)."""
+at most 2 replicas per push channel and lane (an FCM replica counted as 250 pushes/s, so the
+marketing lane's 500/s ceiling allows 2), one per 1,500 rows of backlog, removed 5 s after
+the backlog is gone (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,27 @@ def _pings(stack, lane: str) -> dict[str, dict]:
     return out
 
 
-def test_wanted_replicas_follow_the_backlog(stack):
-    pool = SenderPool(stack.settings, aioredis.Redis.from_url(stack.settings.redis_url), None)
+def test_wanted_replicas_follow_the_backlog_under_the_lanes_ceiling(stack):
+    def pool(**overrides) -> SenderPool:
+        settings = stack.settings.with_overrides(**overrides)
+        return SenderPool(settings, aioredis.Redis.from_url(settings.redis_url), None)
+
     per = stack.settings.sender_backlog_per_replica
-    assert [pool.wanted(n) for n in (0, 1, per, per + 1, 100 * per)] == [1, 1, 1, 2, 2]
+    for lane in ("transactional", "marketing"):  # the test stack: FCM replicas of 250/s
+        wanted = [pool().wanted(lane, n) for n in (0, 1, per, per + 1, 100 * per)]
+        assert wanted == [1, 1, 1, 2, 2], lane
+    # Default capacities: one replica per channel covers the marketing lane's 1,000 APNs +
+    # 500 FCM pushes/s, so a campaign's backlog never grows it; order updates (20k / 10k
+    # per s) may use every replica allowed.
+    defaults = pool(sender_replicas_max=4, sender_apns_capacity_per_s=2_500,
+                    sender_fcm_capacity_per_s=600)  # fmt: skip
+    assert defaults.ceiling("marketing") == 1 and defaults.wanted("marketing", 10**6) == 1
+    assert defaults.ceiling("transactional") == 4
+    assert defaults.wanted("transactional", 10**6) == 4
+    # A raised marketing ceiling lets the lane grow to what the rate needs: 1,500/600 → 3.
+    raised = pool(sender_replicas_max=4, sender_fcm_capacity_per_s=600,
+                  marketing_fcm_rate_per_s=1_500)  # fmt: skip
+    assert raised.ceiling("marketing") == 3
 
 
 def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp_path, uid):
