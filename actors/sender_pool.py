@@ -88,6 +88,10 @@ class SenderPool:
         self._retired: dict[str, bytes | None] = dict.fromkeys(LANES)
         self._read_at = -math.inf
         self._handles: dict[str, tuple[str, ray.actor.ActorHandle]] = {}  # name: (lane, handle)
+        # Per lane, a bound on the replica numbers that may exist: `_retire` looks no further
+        # and is skipped while there is nothing above `keep` (named-actor lookups block the
+        # router's loop). Unknown at start: a restarted router 0 sweeps once.
+        self._above: dict[str, int] = dict.fromkeys(LANES, settings.sender_replicas_max)
 
     async def sizes(self) -> dict[str, int]:
         """Replicas per lane the routers split push batches over (read at most once a second)."""
@@ -188,8 +192,10 @@ class SenderPool:
                 size,
                 extra={"lane": lane, "backlog": backlog},
             )
-        if lowered_at is None or now - float(lowered_at) >= 3 * SIZE_CACHE_S:
-            await self._retire(lane, keep=max(size, wanted))
+        keep = max(size, wanted)
+        settled = lowered_at is None or now - float(lowered_at) >= 3 * SIZE_CACHE_S
+        if settled and keep < self._above[lane]:
+            await self._retire(lane, keep)
         metrics.set_sender_replicas(lane, size)
         return size
 
@@ -202,6 +208,7 @@ class SenderPool:
             for replica in range(current, wanted)
             for channel in PUSH_CHANNELS
         }
+        self._above[lane] = max(self._above[lane], wanted)
         pings = {asyncio.ensure_future(h.ping.remote()): key for key, h in handles.items()}
         done, _ = await asyncio.wait(pings, timeout=self.settings.sender_grow_wait_s)
         answered = {pings[f] for f in done if f.exception() is None}
@@ -213,7 +220,8 @@ class SenderPool:
     async def _retire(self, lane: str, keep: int) -> None:
         """Remove replicas from `keep` up that have nothing in flight (replicas still
         starting count as idle); called once routers have seen the lowered size."""
-        for replica in range(keep, self.settings.sender_replicas_max):
+        above = keep
+        for replica in range(keep, self._above[lane]):
             for channel in PUSH_CHANNELS:
                 name = sender_name(channel, lane, replica)
                 try:
@@ -227,3 +235,6 @@ class SenderPool:
                     ray.kill(sender, no_restart=True)
                     await self.redis.hincrby(self.key, f"{lane}:retired", 1)
                     log.info("sender pool: removed idle %s", name)
+                else:
+                    above = replica + 1  # still sending: looked at again next round
+        self._above[lane] = above

@@ -150,11 +150,12 @@ class HeraldSettings(BaseSettings):
         300.0, gt=0, description="Grown fan-out workers are removed after the pool idles this long."
     )
     sender_replicas_max: int = Field(
-        4,
+        1,
         ge=1,
         le=256,
         description="Most replicas of each push sender (APNs, FCM) per lane; the pool grows "
-        "them with the lane's backlog. 1: one fixed sender per channel and lane.",
+        "them with the lane's backlog. 1 (the default, right for one machine, where more "
+        "replicas only compete for the same cores): one fixed sender per channel and lane.",
     )
     sender_backlog_per_replica: int = Field(
         20_000,
