@@ -19,13 +19,13 @@ from fastapi import FastAPI, Header, Path, Query, Response, WebSocket, WebSocket
 from ray import serve
 from ray.serve import Application
 
+from actors.bootstrap import ensure_actors
 from actors.fanout_pool import running_fanout_workers
 from actors.sender_pool import running_sender_replicas
 from actors.senders.inbox import inbox_keys
-from cluster import metrics
-from cluster.api.auth import Scope, check_key
-from cluster.api.errors import ApiError, BodySizeLimit, install_error_handlers
-from cluster.api.schemas import (
+from api.auth import Scope, check_key
+from api.errors import ApiError, BodySizeLimit, install_error_handlers
+from api.schemas import (
     CAMPAIGN_ID_PATTERN,
     ID_PATTERN,
     MODEL_VERSION_PATTERN,
@@ -49,16 +49,18 @@ from cluster.api.schemas import (
     WishlistIn,
     WishlistOut,
 )
-from cluster.bootstrap import ensure_actors
-from cluster.campaigns import CampaignStore, campaign_of
-from cluster.delivery_state import DeliveryState
-from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
+from cluster import metrics
+from cluster.eventlog import open_event_log
 from cluster.logs import configure_logging
 from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
-from cluster.redis_clients import async_client
 from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
+from cluster.state import keys
+from cluster.state.campaigns import CampaignStore, campaign_of
+from cluster.state.clients import async_client
+from cluster.state.deliveries import DeliveryState
 from cluster.tables.devices import device_id_for
+from cluster.vocabulary import LANE_OF_TYPE, LANES
 from models.registry import Registry
 
 UserId = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -225,7 +227,7 @@ class HeraldIngress:
         """Register a device; the same token again updates its row (200) instead of adding one."""
         self._auth(authorization, "ingest")
         device_id = device_id_for(device.platform, device.app_id, device.token)
-        owners = self.settings.key("devices", "owner")
+        owners = keys.device_owners(self.settings)
         previous = await self.redis.hget(owners, device_id)
         if previous is not None and previous.decode() != device.user_id:
             # The phone changed hands: the old user must stop getting pushes on it.
@@ -251,7 +253,7 @@ class HeraldIngress:
         self, device_id: Annotated[str, Path(pattern=ID_PATTERN)], authorization: Auth = None
     ) -> Response:
         self._auth(authorization, "ingest")
-        owners = self.settings.key("devices", "owner")
+        owners = keys.device_owners(self.settings)
         owner = await self.redis.hget(owners, device_id)
         if owner is None:
             raise ApiError(
@@ -439,7 +441,7 @@ class HeraldIngress:
                 field = f"variant:{meta['variant_id']}:{feedback.action}"
                 pipe.hincrby(self.campaigns.key(campaign_id), field, 1)
             pipe.xadd(
-                self.settings.key("feedback"),
+                keys.feedback(self.settings),
                 {
                     "notification_id": nid,
                     "user_id": feedback.user_id,

@@ -25,18 +25,18 @@ import time
 import ray
 import redis.asyncio as aioredis
 
+from actors.fanout_worker import FanoutWorker
 from cluster import metrics
 from cluster.names import fanout_name
+from cluster.placement import actor_options
 from cluster.settings import HeraldSettings
+from cluster.state import keys
 
 log = logging.getLogger("herald.fanout_pool")
 
 
 def start_fanout_worker(settings: HeraldSettings, index: int) -> ray.actor.ActorHandle:
     """Create (or find) fan-out worker `index`."""
-    # Imported here: cluster.bootstrap imports the router, which imports this module.
-    from actors.fanout_worker import FanoutWorker
-    from cluster.bootstrap import actor_options
 
     options = actor_options(settings, fanout_name(index), max_concurrency=16)
     options["num_cpus"] = settings.fanout_num_cpus or settings.actor_num_cpus
@@ -59,7 +59,7 @@ class FanoutPool:
     def __init__(self, settings: HeraldSettings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.used_key = settings.key("fanout", "used_at")
+        self.used_key = keys.fanout_used_at(settings)
 
     def wanted(self, shard_plans: int) -> int:
         per_worker = self.settings.fanout_shards_per_worker

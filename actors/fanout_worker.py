@@ -26,8 +26,9 @@ import redis.asyncio as aioredis
 
 from cluster import metrics
 from cluster.logs import configure_logging
-from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
+from cluster.state import keys
+from cluster.state.clients import async_client
 from models.ranker import Ranker
 from models.registry import Registry
 from pipelines import campaigns, feedback_log
@@ -37,7 +38,7 @@ _CHUNK = 10_000  # users per Redis command when reading counts
 
 
 def freq_key(settings: HeraldSettings, day: str) -> str:
-    return settings.key("freq", day)
+    return keys.frequency(settings, day)
 
 
 async def marketing_sent_today(
@@ -62,11 +63,11 @@ async def marketing_sent_today(
 
 
 def sent_users_key(settings: HeraldSettings, campaign_id: str) -> str:
-    return settings.key("campaign", campaign_id, "users")
+    return keys.campaign(settings, campaign_id, "users")
 
 
 class FanoutWorker:
-    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
+    """Plain class; `actors.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         configure_logging(settings)

@@ -22,13 +22,14 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 
+from api.schemas import Event
 from cluster import metrics
-from cluster.api.schemas import Event
-from cluster.dead_letters import dead_letter_fields, dlq_key
-from cluster.event_log import LANE_OF_TYPE, open_event_log
-from cluster.kafka_log import cancelled_by_caller, stop_quietly
+from cluster.eventlog import open_event_log
+from cluster.eventlog.kafka import cancelled_by_caller, stop_quietly
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
+from cluster.state.dead_letters import dead_letter_fields, dlq_key
+from cluster.vocabulary import LANE_OF_TYPE
 
 log = logging.getLogger("herald.kafka")
 _EVENT = TypeAdapter(Event)
@@ -58,7 +59,7 @@ def parse_record(value: bytes | None) -> tuple[list[tuple[str, str, dict]], str 
 
 
 class KafkaIngestor:
-    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` when Kafka is configured."""
+    """Plain class; `actors.bootstrap` wraps it with `ray.remote` when Kafka is configured."""
 
     def __init__(self, settings: HeraldSettings) -> None:
         configure_logging(settings)

@@ -35,17 +35,19 @@ from actors.fanout_pool import FanoutPool
 from actors.fanout_worker import freq_key, marketing_sent_today, sent_users_key
 from actors.sender_pool import SenderPool
 from cluster import metrics
-from cluster.campaigns import SEPARATOR, CampaignStore
-from cluster.dead_letters import dead_letter_fields, dlq_key
-from cluster.delivery_state import DeliveryState
-from cluster.event_log import LANE_OF_TYPE, LANES, open_event_log
-from cluster.kafka_log import cancelled_by_caller
+from cluster.eventlog import open_event_log
+from cluster.eventlog.kafka import cancelled_by_caller
 from cluster.logs import configure_logging
-from cluster.names import PUSH_CHANNELS, fanout_name, sender_name, shard_name
-from cluster.retry_schedule import RetrySchedule
+from cluster.names import fanout_name, sender_name, shard_name
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
+from cluster.state import keys
+from cluster.state.campaigns import SEPARATOR, CampaignStore
+from cluster.state.dead_letters import dead_letter_fields, dlq_key
+from cluster.state.deliveries import DeliveryState
+from cluster.state.retries import RetrySchedule
 from cluster.tables.deliveries import DELIVERIES
+from cluster.vocabulary import LANE_OF_TYPE, LANES, PUSH_CHANNELS
 from models.ranker import Ranker, load_ranker
 from models.registry import Registry
 from pipelines import campaigns, feedback_log, order_updates, price_drops
@@ -79,7 +81,7 @@ _RANKING_COLUMNS = ["timezone", "country", "attributes", "last_active_at", "plat
 
 
 class EventRouter:
-    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
+    """Plain class; `actors.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         configure_logging(settings)
@@ -161,7 +163,7 @@ class EventRouter:
             except asyncio.CancelledError:
                 if cancelled_by_caller():
                     raise
-                # leaked by the Kafka client (`cluster.kafka_log.stop_quietly`): not ours
+                # leaked by the Kafka client (`cluster.eventlog.kafka.stop_quietly`): not ours
                 log.warning("router %s: read cancelled from inside; retrying", consumer)
                 pending = True
                 await asyncio.sleep(0.5)
@@ -323,7 +325,7 @@ class EventRouter:
 
     def _price_drop_sent_key(self, event_id: str) -> str:
         """The users a price drop already reached (sent or held for quiet hours)."""
-        return self.settings.key("price_drop", event_id, "users")
+        return keys.price_drop_users(self.settings, event_id)
 
     async def _price_drops_sent(self, drops: pl.DataFrame, audience: pl.DataFrame) -> pl.Series:
         """Notification ids of these events' wishers that their event already reached: a
@@ -649,8 +651,8 @@ class EventRouter:
         """Move `POST /v1/feedback` actions from the Redis stream to the Parquet feedback
         log, a batch at a time. The stream position is saved after the file is written, so a
         crash in between writes a batch twice — harmless, training counts any action once."""
-        position_key = self.settings.key("feedback", "exported")
-        stream = self.settings.key("feedback")
+        position_key = keys.feedback_exported(self.settings)
+        stream = keys.feedback(self.settings)
         while True:
             try:
                 last = (await self.redis.get(position_key) or b"0-0").decode()

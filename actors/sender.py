@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from actors.senders.base import ProviderClient
 from cluster.logs import configure_logging
-from cluster.names import PUSH_CHANNELS
 from cluster.settings import HeraldSettings
+from cluster.vocabulary import PUSH_CHANNELS
 
 
 def provider_client(
@@ -46,7 +46,7 @@ def provider_client(
 
 
 class ChannelSender:
-    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
+    """Plain class; `actors.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, channel: str, lane: str, replica: int = 0) -> None:
         configure_logging(settings)

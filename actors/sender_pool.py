@@ -9,7 +9,7 @@ ceil(backlog / `sender_backlog_per_replica`), at least 1 and at most the lane's 
 about `sender_<channel>_capacity_per_s`, and a lane held to 500 FCM pushes/s gains nothing
 from a second FCM replica but a process competing for the cores order updates need.
 
-Replica 0 of each (channel, lane) is the fixed sender `cluster.bootstrap` starts; grown
+Replica 0 of each (channel, lane) is the fixed sender `actors.bootstrap` starts; grown
 replicas reserve `sender_num_cpus`, so on a full cluster they are the resource demand the
 Ray autoscaler adds a node for, and they are used once they answer a ping. The lane's size
 lives in Redis (hash `senders`, field `<lane>:size`): every router splits a lane's batch
@@ -36,11 +36,15 @@ import ray
 import redis.asyncio as aioredis
 
 from actors.fanout_worker import sent_users_key
+from actors.sender import ChannelSender
 from cluster import metrics
-from cluster.campaigns import CampaignStore
-from cluster.event_log import LANES, EventLog
-from cluster.names import PUSH_CHANNELS, sender_name
+from cluster.eventlog import EventLog
+from cluster.names import sender_name
+from cluster.placement import actor_options
 from cluster.settings import HeraldSettings
+from cluster.state import keys
+from cluster.state.campaigns import CampaignStore
+from cluster.vocabulary import LANES, PUSH_CHANNELS
 
 log = logging.getLogger("herald.sender_pool")
 
@@ -52,9 +56,6 @@ def start_sender(
     settings: HeraldSettings, channel: str, lane: str, replica: int = 0
 ) -> ray.actor.ActorHandle:
     """Create (or find) one sender replica."""
-    # Imported here: cluster.bootstrap imports the router, which imports this module.
-    from actors.sender import ChannelSender
-    from cluster.bootstrap import actor_options
 
     options = actor_options(settings, sender_name(channel, lane, replica), max_concurrency=1000)
     if replica:
@@ -83,7 +84,7 @@ class SenderPool:
         # The pool's state, in Redis so a restarted router 0 carries on: per lane its
         # `size`, when the backlog last needed that size (`busy_at`) and when the size was
         # last lowered (`lowered_at`).
-        self.key = settings.key("senders")
+        self.key = keys.sender_pool(settings)
         self._sizes: dict[str, int] = dict.fromkeys(LANES, 1)
         self._retired: dict[str, bytes | None] = dict.fromkeys(LANES)
         self._read_at = -math.inf

@@ -20,14 +20,16 @@ import ray
 from actors.columnar import GroupedTable, KeyedTable
 from cluster import metrics
 from cluster.logs import configure_logging
-from cluster.redis_clients import sync_client
 from cluster.settings import HeraldSettings
+from cluster.state import keys
+from cluster.state.clients import sync_client
 from cluster.tables.activity import ACTIVITY
 from cluster.tables.affinities import AFFINITIES, AFFINITY_COLUMNS
 from cluster.tables.devices import DEVICES
 from cluster.tables.preferences import DEFAULTS, PREFERENCES
 from cluster.tables.profiles import PROFILES
 from cluster.tables.wishlists import WISHLISTS
+from pipelines.segments import users_frame
 
 _HSCAN_COUNT = 10_000
 _HSET_FIELDS = 5_000  # fields per HSET command inside a pipeline
@@ -48,7 +50,7 @@ _PROFILE_COLUMNS = ("user_id", "country", "locale", "timezone", "attributes", "u
 
 
 class UserShard:
-    """Plain class; `cluster.bootstrap` wraps it with `ray.remote` and its options."""
+    """Plain class; `actors.bootstrap` wraps it with `ray.remote` and its options."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         configure_logging(settings)
@@ -76,7 +78,7 @@ class UserShard:
 
     # --- persistence ---------------------------------------------------------------------
     def _redis_key(self, table: str) -> str:
-        return self.settings.key("shard", self.index, table)
+        return keys.shard_table(self.settings, self.index, table)
 
     def _rebuild(self) -> None:
         """Reload every table from its Redis hash; JSON is decoded column-wise by polars."""
@@ -285,8 +287,6 @@ class UserShard:
         return self._snapshot
 
     def _snapshot_frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
-        from pipelines.segments import users_frame
-
         profiles = self.tables["profiles"].frame()
         all_devices = self.tables["devices"].frame()
         users = users_frame(

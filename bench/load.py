@@ -35,10 +35,10 @@ from bench.transactional import (  # noqa: E402
     seconds_at,
     write_result,
 )
-from cluster.demo import apns_token, fcm_token  # noqa: E402
-from cluster.importer import import_devices, import_users  # noqa: E402
-from cluster.local import LocalStack  # noqa: E402
 from models.synth import synthesize  # noqa: E402
+from ops.demo import apns_token, fcm_token  # noqa: E402
+from ops.importer import import_devices, import_users  # noqa: E402
+from ops.local import LocalStack  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "load.json"
 PEAK_PER_S = 100_000 / 60  # the specified peak: 100,000 notifications a minute

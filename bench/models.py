@@ -21,11 +21,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.local import LocalStack  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.ranker import load_ranker  # noqa: E402
 from models.registry import Registry  # noqa: E402
 from models.training import train  # noqa: E402
+from ops.local import LocalStack  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

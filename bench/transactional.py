@@ -28,9 +28,9 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.demo import apns_token, fcm_token  # noqa: E402
-from cluster.importer import import_devices  # noqa: E402
-from cluster.local import LocalStack  # noqa: E402
+from ops.demo import apns_token, fcm_token  # noqa: E402
+from ops.importer import import_devices  # noqa: E402
+from ops.local import LocalStack  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "transactional.json"
 

@@ -1,10 +1,8 @@
 """Names of Herald's named actors, in one place so every process finds the same ones."""
 
-from cluster.event_log import LANES
 from cluster.settings import HeraldSettings
+from cluster.vocabulary import CHANNELS, LANES
 
-CHANNELS = ("apns", "fcm", "inbox")
-PUSH_CHANNELS = ("apns", "fcm")
 INGESTOR = "herald-kafka-ingestor"
 
 

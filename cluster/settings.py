@@ -313,10 +313,6 @@ class HeraldSettings(BaseSettings):
         """The model registry's directory (`model_dir`, else `<data_dir>/models`)."""
         return self.model_dir if self.model_dir is not None else self.data_dir / "models"
 
-    def key(self, *parts: str | int) -> str:
-        """A Redis key under this deployment's prefix."""
-        return self.key_prefix + ":".join(str(p) for p in parts)
-
     def send_rate_per_s(self, channel: str, lane: str) -> float:
         """The send rate ceiling of one (push channel, lane) sender."""
         if channel == "apns":

@@ -17,7 +17,8 @@ User level (the same for every variant of a user):
 - `hour_evening_cos`, `hour_evening_sin` — `cos` / `sin` of `2π (local_hour − 20) / 24`,
   where `local_hour` is the hour of `now` in the user's time zone with that zone's real
   UTC offset at `now` (DST included). A null time zone falls back to the most populous zone
-  of the user's country (`models.synth.COUNTRIES`), then to UTC; an unknown zone name: UTC.
+  of the user's country (`cluster.vocabulary.COUNTRY_TIMEZONE`), then to UTC; an unknown
+  zone name: UTC.
 - `hour_night` — 1 when `0 ≤ local_hour < 7`.
 - `has_ios`, `has_android`, `has_web` — 1 per platform the user has an active device on.
 - `no_device` — 1 when `platforms` is an empty list or null (inbox only). Without a
@@ -51,7 +52,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import polars as pl
 
-from models.synth import COUNTRIES, VARIANT_STYLES
+from cluster.vocabulary import COUNTRY_TIMEZONE, VARIANT_STYLES
 
 FEATURE_VERSION = "f1"
 
@@ -91,9 +92,7 @@ _DISCOUNT = STYLE_ONE_HOT.index("discount")
 _PREFIX = "__herald_feature_"
 
 # The most populous zone of each country: the fallback for a user without a time zone.
-COUNTRY_DEFAULT_TIMEZONE: dict[str, str] = {
-    code: max(zones, key=zones.get) for code, (_, _, zones, _) in COUNTRIES.items()
-}
+COUNTRY_DEFAULT_TIMEZONE: dict[str, str] = COUNTRY_TIMEZONE
 
 
 @lru_cache(maxsize=4096)

@@ -13,12 +13,12 @@ loop per user; 1,000,000 users take a few seconds):
   `affinity_<category>` Float32 for `CATEGORIES`, a Dirichlet draw per user (each row sums
   to 1).
 - `devices.parquet` — `user_id`, `platform` (ios | android | web), `token`, `app_id`
-  ("default"): what `cluster.importer.import_devices` takes. ≈ 1.5 devices per user (4 %
+  ("default"): what `ops.importer.import_devices` takes. ≈ 1.5 devices per user (4 %
   have none; the others 1 + Poisson, at most 5); the first device is a phone (iOS share by
   country), later ones are web with probability 0.35. Tokens have the shapes of
-  `cluster.demo`: APNs 64 lower-case hex characters; FCM (android and web)
+  `ops.demo`: APNs 64 lower-case hex characters; FCM (android and web)
   `<token_urlsafe(16)>:APA91b<token_urlsafe(100)>`, 163 characters, both matching
-  `cluster.api.schemas`.
+  `api.schemas`.
 - `wishlists.parquet` — `user_id`, `product_id` rows (no duplicates; ≈ 35 % of users have
   none, at most 50 items): what `import_wishlists` takes. Each item's category is drawn from
   the user's affinities, the product within the category by Zipf-like popularity.
@@ -71,16 +71,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from cluster.vocabulary import CATEGORIES, PLATFORMS, VARIANT_STYLES
+
 # 2026-11-01T00:00:00Z: "now" of a synthetic population unless told otherwise; a fixed
 # value, so that a seed gives the same files on every run.
 REFERENCE_TIME = 1_793_491_200.0
 DAY_S = 86_400.0
 
-CATEGORIES = ("fashion", "electronics", "home", "beauty", "sports")
 CATEGORY_SHARE = (0.30, 0.25, 0.20, 0.15, 0.10)
 DIRICHLET_CONCENTRATION = 2.0  # alpha = share · concentration: most users lean one way
-VARIANT_STYLES = ("plain", "urgent", "personalized", "discount", "emoji")
-PLATFORMS = ("ios", "android", "web")
 
 TIERS = ("basic", "silver", "gold", "vip")
 TIER_SHARE = (0.70, 0.20, 0.08, 0.02)
@@ -291,7 +290,7 @@ def _strings(data: bytes, width: int) -> pa.Array:
 
 
 def apns_tokens(rng: np.random.Generator, n: int) -> pa.Array:
-    """`n` APNs tokens like `cluster.demo.apns_token()`: 32 random bytes as 64 hex chars."""
+    """`n` APNs tokens like `ops.demo.apns_token()`: 32 random bytes as 64 hex chars."""
     return _strings(rng.bytes(32 * n).hex().encode("ascii"), 64)
 
 
@@ -312,7 +311,7 @@ def _urlsafe(rng: np.random.Generator, n: int, nbytes: int) -> np.ndarray:
 
 
 def fcm_tokens(rng: np.random.Generator, n: int) -> pa.Array:
-    """`n` FCM registration tokens like `cluster.demo.fcm_token()`:
+    """`n` FCM registration tokens like `ops.demo.fcm_token()`:
     `<token_urlsafe(16)>:APA91b<token_urlsafe(100)>` (22 + 7 + 134 = 163 characters)."""
     head, tail = _urlsafe(rng, n, 16), _urlsafe(rng, n, 100)
     sep = np.broadcast_to(np.frombuffer(b":APA91b", dtype=np.uint8), (n, 7))

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cluster.campaigns import SEPARATOR
+from cluster.state.campaigns import SEPARATOR
 from cluster.tables.deliveries import DELIVERIES
-from cluster.tables.devices import CHANNEL_OF_PLATFORM
+from cluster.vocabulary import CHANNEL_OF_PLATFORM
 from models.bandit import choose_variants, select_top
 from models.ranker import Ranker
 from pipelines import eligibility

@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from cluster.tables.deliveries import DELIVERIES
-from cluster.tables.devices import CHANNEL_OF_PLATFORM
+from cluster.vocabulary import CHANNEL_OF_PLATFORM
 
 ORDER_STATUSES = (
     "placed",

@@ -26,7 +26,7 @@ categories of a batch's events, one ranker call each):
    marketing retry set until then, as it does a campaign's.
 2. **Ranking** — the ranker (the registry's current model) scores P(opened) per wisher, as
    for one campaign variant of style `STYLE` ("discount": what a price drop is), with the
-   event's `category` (an optional event field, one of `models.synth.CATEGORIES`, checked
+   event's `category` (an optional event field, one of `cluster.vocabulary.CATEGORIES`, checked
    at the door) as the affinity feature; a missing category → affinity 0.
 3. **Frequency cap inside the batch** — a user who wishes for several of the products that
    dropped in one batch counts each notification against the cap, best-scored first
@@ -55,7 +55,7 @@ import numpy as np
 import polars as pl
 
 from cluster.tables.deliveries import DELIVERIES
-from cluster.tables.devices import CHANNEL_OF_PLATFORM
+from cluster.vocabulary import CHANNEL_OF_PLATFORM
 from models.ranker import Ranker
 from pipelines import eligibility, feedback_log
 

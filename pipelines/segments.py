@@ -529,7 +529,7 @@ def parse_segment(spec: Node | Mapping[str, Any] | str | bytes) -> Node:
 def error_fields(exc: ValidationError, prefix: str = "segment") -> list[dict[str, str]]:
     """The API's 422 `fields` for a bad segment: `[{"field": "segment.all[2].affinity.min",
     "reason": ...}]`, paths rendered by the API's own `field_path`."""
-    from cluster.api.errors import field_path  # the API layer, only when answering it
+    from api.errors import field_path  # the API layer, only when answering it
 
     fields = []
     for error in exc.errors():

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cluster.local import LocalStack
+from ops.local import LocalStack
 from tests.netfaults import TansuBroker, WebhookSink
 
 

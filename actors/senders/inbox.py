@@ -13,8 +13,9 @@ import polars as pl
 import pyarrow as pa
 import redis.asyncio as aioredis
 
-from cluster.redis_clients import async_client
 from cluster.settings import HeraldSettings
+from cluster.state import keys
+from cluster.state.clients import async_client
 from cluster.tables.deliveries import RESULTS
 
 _ADD = """
@@ -36,9 +37,9 @@ return 0
 def inbox_keys(settings: HeraldSettings, user_id: str) -> tuple[str, str, str]:
     """(sorted set of notification ids, hash of items, pub/sub channel) of a user's inbox."""
     return (
-        settings.key("inbox", user_id),
-        settings.key("inbox", user_id, "items"),
-        settings.key("stream", "user", user_id),
+        keys.inbox(settings, user_id),
+        keys.inbox_items(settings, user_id),
+        keys.user_stream(settings, user_id),
     )
 
 

@@ -1,9 +1,9 @@
 """The affinities table a UserShard holds: the model's 0–1 score per product category and
-user, one Float32 column `affinity_<category>` per category of `models.synth.CATEGORIES`."""
+user, one Float32 column `affinity_<category>` per category of `cluster.vocabulary.CATEGORIES`."""
 
 import pyarrow as pa
 
-from models.synth import CATEGORIES
+from cluster.vocabulary import CATEGORIES
 
 AFFINITY_COLUMNS = tuple(f"affinity_{c}" for c in CATEGORIES)
 

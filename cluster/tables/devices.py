@@ -18,9 +18,6 @@ DEVICES = pa.schema(
     ]
 )
 
-# Which provider channel serves each platform (web push goes through FCM).
-CHANNEL_OF_PLATFORM = {"ios": "apns", "android": "fcm", "web": "fcm"}
-
 
 def device_id_for(platform: str, app_id: str, token: str) -> str:
     """The same (platform, app, token) always gets the same id, so re-registering a token

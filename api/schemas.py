@@ -1,0 +1,348 @@
+"""The HTTP contract: pydantic models for every request and answer of API v1.
+
+Limits are part of the contract and live here, checked at the door: a bad field is a 422
+that names it, never a 500 further down and never a silent drop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from cluster.vocabulary import CATEGORIES, VARIANT_STYLES
+from pipelines.order_updates import ORDER_STATUSES
+from pipelines.segments import Segment
+
+ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,128}$"
+Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1–128 of A–Z a–z 0–9 . _ : @ -")]
+# A notification id is its event_id, `<event_id>:<user_id>` for events that fan out, or
+# `<campaign_id>~<user_id>` for a campaign ("~" is in no other id, so it is unambiguous).
+NOTIFICATION_ID_PATTERN = r"^[A-Za-z0-9._:@~\-]{1,257}$"
+CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9._@\-]{1,64}$"
+
+APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
+# FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters.
+FCM_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,}:[A-Za-z0-9_\-]{20,4000}$")
+
+
+def _timezone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {value!r}") from exc
+    return value
+
+
+TimeZone = Annotated[str | None, AfterValidator(_timezone)]
+HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, 24 h")]
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceIn(Contract):
+    user_id: Identifier
+    platform: Literal["ios", "android", "web"]
+    token: str = Field(min_length=1, max_length=4096)
+    app_id: Identifier = "default"
+    locale: str | None = Field(None, max_length=35)
+    timezone: TimeZone = None
+
+    @model_validator(mode="after")
+    def _token_shape(self) -> DeviceIn:
+        if self.platform == "ios" and not APNS_TOKEN.match(self.token):
+            raise ValueError("token: an APNs device token is 64 hexadecimal characters")
+        if self.platform in ("android", "web") and not FCM_TOKEN.match(self.token):
+            raise ValueError("token: not an FCM registration token ('<id>:<base64url>')")
+        return self
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    created: bool
+
+
+class ProfileIn(Contract):
+    country: str | None = Field(None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+    locale: str | None = Field(None, max_length=35)
+    timezone: TimeZone = None
+    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=64)
+
+
+class Channels(Contract):
+    push: bool = True
+    inbox: bool = True
+    email: bool = True
+
+
+class Categories(Contract):
+    order: bool = True
+    price_alert: bool = True
+    marketing: bool = True
+
+
+class QuietHours(Contract):
+    start: HHMM
+    end: HHMM
+
+
+class PreferencesIn(Contract):
+    channels: Channels = Field(default_factory=Channels)
+    categories: Categories = Field(default_factory=Categories)
+    quiet_hours: QuietHours | None = None
+    max_marketing_per_day: int = Field(3, ge=0, le=100)
+
+
+class OrderUpdated(BaseModel):
+    """An order changed state; goes to that one user, in the transactional lane."""
+
+    model_config = ConfigDict(extra="allow")  # order details ride along in the log
+
+    event_id: Identifier = Field(description="Producer-chosen idempotency key")
+    type: Literal["order.updated"]
+    user_id: Identifier
+    order_id: Identifier
+    status: Literal[ORDER_STATUSES]  # type: ignore[valid-type]
+
+
+ProductId = Annotated[
+    str, Field(min_length=1, max_length=128, description="A catalogue product id, 1–128 chars")
+]
+Price = Annotated[float, Field(gt=0, lt=1e12, allow_inf_nan=False, description="> 0")]
+WISHLIST_MAX = 1000
+
+
+class PriceDropped(BaseModel):
+    """A product got cheaper; goes to every user whose wishlist holds it, in the marketing
+    lane. Each (event, user) is one notification, id `<event_id>:<user_id>`."""
+
+    model_config = ConfigDict(extra="allow")  # product details ride along in the log
+
+    event_id: Identifier = Field(description="Producer-chosen idempotency key")
+    type: Literal["price.dropped"]
+    product_id: ProductId
+    old_price: Price
+    new_price: Price
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
+    title: str | None = Field(None, min_length=1, max_length=200, description="Product name")
+    category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
+        None, description="Product category; the ranker's affinity feature (unset: affinity 0)"
+    )
+
+    @model_validator(mode="after")
+    def _is_a_drop(self) -> PriceDropped:
+        if self.new_price >= self.old_price:
+            raise ValueError("new_price: must be lower than old_price")
+        return self
+
+
+Event = Annotated[OrderUpdated | PriceDropped, Field(discriminator="type")]
+
+
+class WishlistIn(Contract):
+    product_ids: list[ProductId] = Field(
+        max_length=WISHLIST_MAX, description="The whole wishlist; replaces the previous one"
+    )
+
+
+class WishlistOut(BaseModel):
+    user_id: str
+    product_ids: list[str] = Field(description="As stored: duplicates dropped, order kept")
+
+
+class EventsIn(Contract):
+    events: list[Event] = Field(min_length=1, max_length=1000)
+
+
+class EventsAccepted(BaseModel):
+    accepted: list[str] = Field(description="event_ids logged now; each is its notification_id")
+    duplicate: list[str] = Field(description="event_ids seen before: nothing new is sent")
+
+
+class DeliveryStatus(BaseModel):
+    device_id: str
+    channel: str
+    status: Literal[
+        "queued", "retrying", "delivered", "dead", "failed", "dead_lettered",
+        "cancelled",
+    ]  # fmt: skip
+    attempts: int
+    last_error: str | None = None
+    acked_at: float | None = None
+    updated_at: float
+
+
+class NotificationStatus(BaseModel):
+    notification_id: str
+    state: Literal[
+        "accepted", "in_progress", "delivered", "partially_delivered", "failed", "suppressed"
+    ]
+    user_id: str | None = None
+    type: str | None = None
+    accepted_at: float | None = None
+    suppressed_reason: str | None = None
+    deliveries: list[DeliveryStatus] = Field(default_factory=list)
+
+
+class InboxItem(BaseModel):
+    notification_id: str
+    title: str
+    body: str
+    data: dict[str, Any]
+    created_at: float
+
+
+class Inbox(BaseModel):
+    user_id: str
+    items: list[InboxItem]
+
+
+class FieldError(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# --- campaigns and feedback ------------------------------------------------------------------
+# What a provider takes in one message; checked per variant at the door (APNs: the JSON
+# payload; FCM v1: the message's notification and data), with room for Herald's own data.
+PROVIDER_PAYLOAD_BYTES = 4096
+HERALD_DATA_BYTES = 400  # notification_id, campaign_id, variant_id keys and values
+
+
+def payload_bytes(title: str, body: str, deeplink: str | None) -> int:
+    """Bytes of the APNs payload a variant becomes (the larger of the two providers')."""
+    data = {"deeplink": deeplink} if deeplink else {}
+    message = {"aps": {"alert": {"title": title, "body": body}, "sound": "default"}, **data}
+    return len(json.dumps(message, separators=(",", ":")).encode()) + HERALD_DATA_BYTES
+
+
+class Variant(Contract):
+    variant_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,32}$")]
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=2000)
+    deeplink: str | None = Field(None, max_length=1000)
+    style: Literal[VARIANT_STYLES] = Field(  # type: ignore[valid-type]
+        "plain", description="What kind of copy this is; a feature the ranker scores"
+    )
+
+    @model_validator(mode="after")
+    def _fits_providers(self) -> Variant:
+        size = payload_bytes(self.title, self.body, self.deeplink)
+        if size > PROVIDER_PAYLOAD_BYTES:
+            raise ValueError(
+                f"title, body and deeplink make a {size}-byte push payload; "
+                f"APNs and FCM take at most {PROVIDER_PAYLOAD_BYTES}"
+            )
+        return self
+
+
+class CampaignIn(Contract):
+    campaign_id: Annotated[str, Field(pattern=CAMPAIGN_ID_PATTERN)]
+    segment: Segment
+    variants: list[Variant] = Field(min_length=1, max_length=10)
+    channels: list[Literal["push", "inbox"]] = Field(
+        default_factory=lambda: ["push", "inbox"], min_length=1, max_length=2
+    )
+    category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
+        None, description="Product category the campaign is about; a ranking feature"
+    )
+    audience_limit: int | None = Field(None, ge=1, le=100_000_000)
+    score_threshold: float | None = Field(None, ge=0, le=1)
+    exploration: float = Field(
+        0.1, ge=0, le=1, description="Share of users given a Thompson-sampled variant"
+    )
+    respect_quiet_hours: bool = True
+    send_at: float | None = Field(
+        None, ge=0, description="Epoch seconds to start; now when absent or past"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CampaignIn:
+        ids = [v.variant_id for v in self.variants]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variants: variant_id values must be distinct")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels: listed twice")
+        return self
+
+
+class CampaignAccepted(BaseModel):
+    campaign_id: str
+    state: str
+    send_at: float
+    created: bool = Field(description="False when the same campaign was posted before")
+
+
+class VariantCounts(BaseModel):
+    sent: int = 0
+    opened: int = 0
+    clicked: int = 0
+    dismissed: int = 0
+
+
+class CampaignStatus(BaseModel):
+    campaign_id: str
+    state: Literal["scheduled", "running", "done", "cancelled", "failed"]
+    send_at: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    model_version: str | None = None
+    targeted: int = Field(0, description="Users in the segment")
+    eligible: int = Field(0, description="Targeted users not suppressed")
+    selected: int = Field(0, description="Eligible users kept by audience_limit / threshold")
+    deferred: int = Field(0, description="Selected users held to the end of quiet hours")
+    suppressed: dict[str, int] = Field(default_factory=dict)
+    sent: int = Field(0, description="Deliveries handed to the senders")
+    delivered: int = 0
+    failed: int = 0
+    cancelled: int = Field(0, description="Deliveries dropped by a cancellation")
+    failures: int = Field(0, description="Fan-out runs that failed (each resumes after its lease)")
+    error: str | None = Field(None, description="The last fan-out failure")
+    variants: dict[str, VariantCounts] = Field(default_factory=dict)
+
+
+class FeedbackIn(Contract):
+    notification_id: Annotated[str, Field(pattern=NOTIFICATION_ID_PATTERN)]
+    user_id: Identifier
+    action: Literal["opened", "clicked", "dismissed"]
+
+
+class FeedbackAccepted(BaseModel):
+    notification_id: str
+    action: str
+    counted: bool = Field(description="False when this action was already recorded")
+
+
+# --- models --------------------------------------------------------------------------------
+MODEL_VERSION_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+
+
+class ModelList(BaseModel):
+    current: str
+    shadow: str | None = Field(None, description="Scores alongside `current`, logged only")
+    models: list[dict[str, Any]] = Field(description="Registry metadata, newest first")
+
+
+class ModelDeployed(BaseModel):
+    previous: str
+    current: str
+    workers: list[str] = Field(description="The version each fan-out worker now ranks with")
+    took_s: float = Field(description="From the request to every worker switched")

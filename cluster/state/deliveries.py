@@ -1,0 +1,125 @@
+"""Delivery state in Redis: one hash per notification, one field per device/channel.
+
+`{prefix}ntf:{notification_id}` holds `meta` (who, what, when accepted) and, per delivery,
+`d:{device_id}` → JSON {channel, status, attempts, last_error, updated_at, acked_at}. A
+field already `delivered` or `dead` is never sent again, which is what keeps a redelivered
+event from reaching a phone twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import polars as pl
+import redis.asyncio as aioredis
+
+from cluster.settings import HeraldSettings
+from cluster.state import keys
+from cluster.state.clients import async_client
+
+FINAL = ("delivered", "dead", "failed", "dead_lettered", "cancelled")
+STATUS_OF_OUTCOME = {
+    "delivered": "delivered",
+    "retry": "retrying",
+    "dead_token": "dead",
+    "failed": "failed",
+}
+# A delivery's life: queued → delivered | dead (token gone) | failed (cannot succeed) |
+# retrying → … → dead_lettered (out of attempts); a campaign's → cancelled when the campaign
+# is cancelled before it is sent.
+
+
+class DeliveryState:
+    def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self.redis = client or async_client(settings)
+
+    def key(self, notification_id: str) -> str:
+        return keys.notification(self.settings, notification_id)
+
+    async def finished(self, deliveries: pl.DataFrame) -> pl.Series:
+        """Boolean per delivery row: final, or owned by the retry schedule — either way not
+        to be sent again from a redelivered log entry."""
+        if deliveries.height == 0:
+            return pl.Series("finished", [], dtype=pl.Boolean)
+        pipe = self.redis.pipeline(transaction=False)
+        for nid, device_id in deliveries.select("notification_id", "device_id").iter_rows():
+            pipe.hget(self.key(nid), f"d:{device_id}")
+        values = await pipe.execute()
+        statuses = pl.Series("v", values, dtype=pl.Binary).cast(pl.String)
+        status = statuses.str.json_path_match("$.status")
+        return status.is_in([*FINAL, "retrying"]).fill_null(False).alias("finished")
+
+    async def record_routed(
+        self, deliveries: pl.DataFrame, suppressed: pl.DataFrame, meta: pl.DataFrame
+    ) -> None:
+        """Before sending: the notification's meta, each delivery as queued, and why a
+        notification with no delivery was suppressed."""
+        now = time.time()
+        ttl = self.settings.notification_ttl_s
+        pipe = self.redis.pipeline(transaction=False)
+        for row in meta.iter_rows(named=True):
+            key = self.key(row["notification_id"])
+            pipe.hset(key, "meta", json.dumps({**row, "routed_at": now}))
+            pipe.expire(key, ttl)
+        if suppressed.height:
+            for nid, reason in suppressed.select("notification_id", "reason").iter_rows():
+                pipe.hset(self.key(nid), "suppressed", reason)
+        queued = deliveries.select(
+            "notification_id",
+            pl.format("d:{}", "device_id").alias("field"),
+            pl.struct(
+                channel="channel",
+                status=pl.lit("queued"),
+                attempts=pl.lit(0),
+                updated_at=pl.lit(now),
+            )
+            .struct.json_encode()
+            .alias("value"),
+        )
+        for nid, field, value in queued.iter_rows():
+            pipe.hset(self.key(nid), field, value)
+        await pipe.execute()
+
+    def record_results(
+        self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline, status: str | None = None
+    ) -> None:
+        """After sending: each delivery's status, queued on `pipe`. `rows` carry the
+        delivery (notification_id, device_id, channel), the provider's answer (outcome,
+        error, acked_at) and `attempts` made so far; `status` overrides the outcome's."""
+        now = time.time()
+        status_expr = (
+            pl.lit(status) if status else pl.col("outcome").replace_strict(STATUS_OF_OUTCOME)
+        )
+        encoded = rows.select(
+            "notification_id",
+            pl.format("d:{}", "device_id").alias("field"),
+            pl.struct(
+                channel="channel",
+                status=status_expr,
+                attempts="attempts",
+                last_error="error",
+                acked_at="acked_at",
+                updated_at=pl.lit(now),
+            )
+            .struct.json_encode()
+            .alias("value"),
+        )
+        for nid, field, value in encoded.iter_rows():
+            pipe.hset(self.key(nid), field, value)
+
+    async def get(self, notification_id: str) -> dict[str, Any] | None:
+        fields = await self.redis.hgetall(self.key(notification_id))
+        if not fields:
+            return None
+        fields = {k.decode(): v.decode() for k, v in fields.items()}
+        meta = json.loads(fields.pop("meta", "{}"))
+        suppressed = fields.pop("suppressed", None)
+        deliveries = [
+            {"device_id": name[2:], **json.loads(value)}
+            for name, value in sorted(fields.items())
+            if name.startswith("d:")
+        ]
+        return {"meta": meta, "suppressed": suppressed, "deliveries": deliveries}
