@@ -53,7 +53,7 @@ from cluster import metrics
 from cluster.eventlog import open_event_log
 from cluster.logs import configure_logging
 from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
-from cluster.settings import HeraldArgs, HeraldSettings, settings_from_args
+from cluster.settings import ApiSettings, HeraldArgs, HeraldSettings, settings_from_args
 from cluster.sharding import shard_of
 from cluster.state import keys
 from cluster.state.campaigns import CampaignStore, campaign_of
@@ -85,7 +85,7 @@ api = FastAPI(
 )
 install_error_handlers(api)
 # The ingress sets the real limit from its settings when a replica starts.
-body_limit = BodySizeLimit.Limit(max_bytes=HeraldSettings.model_fields["max_body_bytes"].default)
+body_limit = BodySizeLimit.Limit(max_bytes=ApiSettings.model_fields["max_body_bytes"].default)
 api.add_middleware(BodySizeLimit, limit=body_limit)
 
 
@@ -144,7 +144,7 @@ class HeraldIngress:
     def __init__(self, settings: HeraldSettings) -> None:
         configure_logging(settings)
         self.settings = settings
-        body_limit.max_bytes = settings.max_body_bytes
+        body_limit.max_bytes = settings.api.max_body_bytes
         self.redis = async_client(settings)
         self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)
@@ -152,15 +152,15 @@ class HeraldIngress:
         self.registry = Registry(settings.models_root)
         ensure_actors(settings)
         self.shards = [
-            ray.get_actor(shard_name(i), namespace=settings.namespace)
-            for i in range(settings.shards)
+            ray.get_actor(shard_name(i), namespace=settings.topology.namespace)
+            for i in range(settings.topology.shards)
         ]
 
     def _auth(self, authorization: str | None, scope: Scope) -> None:
-        check_key(self.settings.api_keys, authorization, scope)
+        check_key(self.settings.api.api_keys, authorization, scope)
 
     def _shard(self, user_id: str) -> ray.actor.ActorHandle:
-        return self.shards[int(shard_of([user_id], self.settings.shards)[0])]
+        return self.shards[int(shard_of([user_id], self.settings.topology.shards)[0])]
 
     # --- health --------------------------------------------------------------------------
     @api.get("/healthz", tags=["health"])
@@ -171,11 +171,11 @@ class HeraldIngress:
     async def readyz(self, response: Response) -> dict[str, dict[str, bool]]:
         """Ready when Redis answers and every shard, router, fan-out worker, sender and (with
         Kafka configured) the Kafka ingestor answers within 2 s."""
-        names = [shard_name(i) for i in range(self.settings.shards)]
-        names += [router_name(i) for i in range(self.settings.routers)]
-        names += [fanout_name(i) for i in range(self.settings.fanout_workers)]
+        names = [shard_name(i) for i in range(self.settings.topology.shards)]
+        names += [router_name(i) for i in range(self.settings.topology.routers)]
+        names += [fanout_name(i) for i in range(self.settings.fanout.workers)]
         names += [sender_name(c, lane) for c, lane in senders(self.settings)]
-        if self.settings.kafka_bootstrap:
+        if self.settings.kafka.bootstrap:
             names.append(INGESTOR)
 
         async def up(name: str) -> bool:
@@ -203,7 +203,10 @@ class HeraldIngress:
         self._auth(authorization, "admin")
         shards = await asyncio.gather(*[s.stats.remote() for s in self.shards])
         routers = await asyncio.gather(
-            *[self._actor(router_name(i)).ping.remote() for i in range(self.settings.routers)]
+            *[
+                self._actor(router_name(i)).ping.remote()
+                for i in range(self.settings.topology.routers)
+            ]
         )
         replicas = [
             sender_name(c, lane, r)
@@ -217,7 +220,7 @@ class HeraldIngress:
         return {"shards": shards, "routers": routers, "senders": pings, "log_backlog": backlog}
 
     def _actor(self, name: str) -> ray.actor.ActorHandle:
-        return ray.get_actor(name, namespace=self.settings.namespace)
+        return ray.get_actor(name, namespace=self.settings.topology.namespace)
 
     # --- devices and users ---------------------------------------------------------------
     @api.post("/v1/devices", status_code=201, tags=["devices"])
@@ -451,7 +454,7 @@ class HeraldIngress:
                     "variant_id": meta.get("variant_id") or "",
                     "at": now,
                 },
-                maxlen=self.settings.feedback_stream_max,
+                maxlen=self.settings.feedback.stream_max,
                 approximate=True,
             )
             await pipe.execute()
@@ -525,14 +528,14 @@ class HeraldIngress:
     async def _reload_workers(self) -> list[str]:
         """Reload the fixed pool and the grown workers that are up; a grown worker still
         waiting for a node loads the registry's current version when it starts."""
-        fixed = [fanout_name(i) for i in range(self.settings.fanout_workers)]
+        fixed = [fanout_name(i) for i in range(self.settings.fanout.workers)]
         grown = [n for n in running_fanout_workers(self.settings) if n not in fixed]
         versions = list(await asyncio.gather(*[self._actor(n).reload.remote() for n in fixed]))
         for name in grown:
             try:
                 versions.append(
                     await asyncio.wait_for(
-                        self._actor(name).reload.remote(), self.settings.fanout_grow_wait_s
+                        self._actor(name).reload.remote(), self.settings.fanout.grow_wait_s
                     )
                 )
             except (TimeoutError, ray.exceptions.RayActorError):
@@ -561,7 +564,7 @@ class HeraldIngress:
         key = websocket.query_params.get("api_key")
         try:
             check_key(
-                self.settings.api_keys, header or (f"Bearer {key}" if key else None), "ingest"
+                self.settings.api.api_keys, header or (f"Bearer {key}" if key else None), "ingest"
             )
         except ApiError as exc:
             await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.message)

@@ -26,7 +26,7 @@ from cluster.settings import HeraldSettings
 
 
 def shard_handle(settings: HeraldSettings, index: int) -> ray.actor.ActorHandle:
-    return ray.get_actor(shard_name(index), namespace=settings.namespace)
+    return ray.get_actor(shard_name(index), namespace=settings.topology.namespace)
 
 
 def start_fanout_workers(settings: HeraldSettings) -> list[ray.actor.ActorHandle]:
@@ -34,7 +34,7 @@ def start_fanout_workers(settings: HeraldSettings) -> list[ray.actor.ActorHandle
     CPU-heavy columnar work: its own pool, off the routers' loops, each worker holding
     `fanout_num_cpus` — the demand the autoscaler adds nodes for. Workers beyond these are
     grown and removed with demand by `actors.fanout_pool`."""
-    return [start_fanout_worker(settings, i) for i in range(settings.fanout_workers)]
+    return [start_fanout_worker(settings, i) for i in range(settings.fanout.workers)]
 
 
 def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
@@ -43,7 +43,7 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         ray.remote(UserShard)
         .options(**actor_options(settings, shard_name(i), max_task_retries=3))
         .remote(settings, i)
-        for i in range(settings.shards)
+        for i in range(settings.topology.shards)
     ]
     # One sender per (channel, lane): separate capacity, so marketing never delays orders.
     # Push senders grow more replicas with demand (`actors.sender_pool`).
@@ -53,11 +53,11 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
         ray.remote(EventRouter)
         .options(**actor_options(settings, router_name(i), max_concurrency=1000))
         .remote(settings, i)
-        for i in range(settings.routers)
+        for i in range(settings.topology.routers)
     ]
     ray.get([a.ping.remote() for a in shards + channel_senders + workers], timeout=timeout_s)
     ray.get([r.start.remote() for r in routers], timeout=timeout_s)
-    if settings.kafka_bootstrap:
+    if settings.kafka.bootstrap:
         ray.remote(KafkaIngestor).options(
             **actor_options(settings, INGESTOR, max_concurrency=100)
         ).remote(settings)
@@ -65,16 +65,16 @@ def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
 
 def kill_actors(settings: HeraldSettings) -> None:
     """Remove every Herald actor (tests, `herald stop`); state stays in Redis."""
-    names = [shard_name(i) for i in range(settings.shards)]
+    names = [shard_name(i) for i in range(settings.topology.shards)]
     names += [
         sender_name(c, lane, r)
         for c, lane in senders(settings)
-        for r in range(settings.sender_replicas_max)
+        for r in range(settings.senders.replicas_max)
     ]
     names += [fanout_name(i) for i in range(settings.pool_max_workers)]
-    names += [router_name(i) for i in range(settings.routers)] + [INGESTOR]
+    names += [router_name(i) for i in range(settings.topology.routers)] + [INGESTOR]
     for name in names:
         try:
-            ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=settings.topology.namespace), no_restart=True)
         except ValueError:
             pass

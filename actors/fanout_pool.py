@@ -39,7 +39,7 @@ def start_fanout_worker(settings: HeraldSettings, index: int) -> ray.actor.Actor
     """Create (or find) fan-out worker `index`."""
 
     options = actor_options(settings, fanout_name(index), max_concurrency=16)
-    options["num_cpus"] = settings.fanout_num_cpus or settings.actor_num_cpus
+    options["num_cpus"] = settings.fanout.num_cpus or settings.topology.actor_num_cpus
     return ray.remote(FanoutWorker).options(**options).remote(settings, index)
 
 
@@ -48,7 +48,7 @@ def running_fanout_workers(settings: HeraldSettings) -> list[str]:
     names = []
     for index in range(settings.pool_max_workers):
         try:
-            ray.get_actor(fanout_name(index), namespace=settings.namespace)
+            ray.get_actor(fanout_name(index), namespace=settings.topology.namespace)
         except ValueError:
             continue
         names.append(fanout_name(index))
@@ -62,10 +62,10 @@ class FanoutPool:
         self.used_key = keys.fanout_used_at(settings)
 
     def wanted(self, shard_plans: int) -> int:
-        per_worker = self.settings.fanout_shards_per_worker
+        per_worker = self.settings.fanout.shards_per_worker
         return min(
             self.settings.pool_max_workers,
-            max(self.settings.fanout_workers, math.ceil(shard_plans / per_worker)),
+            max(self.settings.fanout.workers, math.ceil(shard_plans / per_worker)),
         )
 
     async def touch(self) -> None:
@@ -77,12 +77,12 @@ class FanoutPool:
         workers that answer within `fanout_grow_wait_s`."""
         await self.touch()
         handles = [start_fanout_worker(self.settings, i) for i in range(self.wanted(shard_plans))]
-        fixed = handles[: self.settings.fanout_workers]
-        grown = handles[self.settings.fanout_workers :]
+        fixed = handles[: self.settings.fanout.workers]
+        grown = handles[self.settings.fanout.workers :]
         if not grown:
             return fixed
         pings = {asyncio.ensure_future(h.ping.remote()): h for h in grown}
-        done, _ = await asyncio.wait(pings, timeout=self.settings.fanout_grow_wait_s)
+        done, _ = await asyncio.wait(pings, timeout=self.settings.fanout.grow_wait_s)
         ready = [pings[f] for f in done if f.exception() is None]
         await self.touch()  # in use from now on, however long the new workers took
         metrics.set_fanout_workers(len(fixed) + len(ready))
@@ -99,17 +99,19 @@ class FanoutPool:
         """Remove the grown workers once the pool has been idle for `fanout_idle_s`;
         returns how many were removed."""
         used_at = await self.redis.get(self.used_key)
-        if used_at is not None and time.time() - float(used_at) < self.settings.fanout_idle_s:
+        if used_at is not None and time.time() - float(used_at) < self.settings.fanout.idle_s:
             return 0
         removed = 0
-        for index in range(self.settings.fanout_workers, self.settings.pool_max_workers):
+        for index in range(self.settings.fanout.workers, self.settings.pool_max_workers):
             try:
-                worker = ray.get_actor(fanout_name(index), namespace=self.settings.namespace)
+                worker = ray.get_actor(
+                    fanout_name(index), namespace=self.settings.topology.namespace
+                )
             except ValueError:
                 continue
             ray.kill(worker, no_restart=True)
             removed += 1
         if removed:
-            metrics.set_fanout_workers(self.settings.fanout_workers)
+            metrics.set_fanout_workers(self.settings.fanout.workers)
             log.info("fan-out pool: idle, removed %d grown workers", removed)
         return removed

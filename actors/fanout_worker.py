@@ -172,7 +172,7 @@ class FanoutWorker:
         for start in range(0, frame.height, campaigns.RENDER_CHUNK_USERS):
             part = frame.slice(start, campaigns.RENDER_CHUNK_USERS)
             rows = await asyncio.to_thread(campaigns.render, part, devices, campaign, accepted_at)
-            for batch in campaigns.batches(rows, self.settings.batch_max_rows):
+            for batch in campaigns.batches(rows, self.settings.topology.batch_max_rows):
                 yield batch.to_arrow()
 
     def _log_shadow(

@@ -76,9 +76,9 @@ class KafkaIngestor:
     async def _run(self) -> None:
         while True:
             consumer = AIOKafkaConsumer(
-                self.settings.kafka_topic,
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                group_id=self.settings.kafka_group,
+                self.settings.kafka.topic,
+                bootstrap_servers=self.settings.kafka.bootstrap,
+                group_id=self.settings.kafka.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
             )
@@ -103,7 +103,7 @@ class KafkaIngestor:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(
-                timeout_ms=200, max_records=self.settings.kafka_batch_max
+                timeout_ms=200, max_records=self.settings.kafka.batch_max
             )
             if not batches:
                 continue

@@ -111,7 +111,7 @@ class EventRouter:
     async def _start(self) -> None:
         await self.log.ensure_groups()
         for lane in LANES:
-            for loop in range(self.settings.router_loops):
+            for loop in range(self.settings.topology.router_loops):
                 consumer = f"router-{self.index}-{lane}-{loop}"
                 self._tasks.append(asyncio.create_task(self._run(lane, consumer)))
         for lane in LANES:
@@ -119,9 +119,9 @@ class EventRouter:
         self._tasks.append(asyncio.create_task(self._run_campaigns()))
         if self.index == 0:  # one exporter is enough; a restarted router 0 resumes it
             self._tasks.append(asyncio.create_task(self._export_feedback()))
-            if self.settings.pool_max_workers > self.settings.fanout_workers:
+            if self.settings.pool_max_workers > self.settings.fanout.workers:
                 self._tasks.append(asyncio.create_task(self._shrink_pool()))
-            if self.settings.sender_replicas_max > 1:
+            if self.settings.senders.replicas_max > 1:
                 self._tasks.append(asyncio.create_task(self._scale_senders()))
 
     async def start(self) -> None:
@@ -134,13 +134,16 @@ class EventRouter:
     # --- reading the log -----------------------------------------------------------------
     async def _run(self, lane: str, consumer: str) -> None:
         pending = True  # after a restart, first finish what this consumer had read
-        next_claim = time.monotonic() + self.settings.claim_idle_ms / 1000
+        next_claim = time.monotonic() + self.settings.eventlog.claim_idle_ms / 1000
         while True:
             try:
                 if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + self.settings.claim_idle_ms / 2000
+                    next_claim = time.monotonic() + self.settings.eventlog.claim_idle_ms / 2000
                     stale = await self.log.claim_stale(
-                        lane, consumer, self.settings.claim_idle_ms, self.settings.batch_max_rows
+                        lane,
+                        consumer,
+                        self.settings.eventlog.claim_idle_ms,
+                        self.settings.topology.batch_max_rows,
                     )
                     if stale.height:
                         self.counts["claimed"] += stale.height
@@ -149,8 +152,8 @@ class EventRouter:
                 entries = await self.log.read(
                     lane,
                     consumer,
-                    self.settings.batch_max_rows,
-                    self.settings.batch_max_wait_ms,
+                    self.settings.topology.batch_max_rows,
+                    self.settings.topology.batch_max_wait_ms,
                     pending=pending,
                 )
                 if pending and entries.height == 0:
@@ -180,7 +183,7 @@ class EventRouter:
         async def renew() -> None:
             ids = entries["entry_id"].to_list()
             while True:
-                await asyncio.sleep(self.settings.claim_idle_ms / 3000)
+                await asyncio.sleep(self.settings.eventlog.claim_idle_ms / 3000)
                 try:
                     await self.log.renew(lane, consumer, ids)
                 except Exception:  # noqa: BLE001 - a missed renewal only risks a duplicate
@@ -202,7 +205,7 @@ class EventRouter:
             if entries.height == 1:
                 entry_id = entries["entry_id"][0]
                 self._failures[entry_id] += 1
-                if self._failures[entry_id] >= self.settings.poison_attempts:
+                if self._failures[entry_id] >= self.settings.eventlog.poison_attempts:
                     log.exception(
                         "router: event %s is poison; dead-lettering it",
                         entry_id,
@@ -240,7 +243,7 @@ class EventRouter:
         """order.updated: one notification (id = event_id) per event, to one user."""
         audience = await self._audience(orders["user_id"].unique().to_list())
         deliveries, suppressed = order_updates.plan(
-            orders, audience, fallback=self.settings.fallback_webhook_url is not None
+            orders, audience, fallback=self.settings.fallback.webhook_url is not None
         )
         meta = orders.select("notification_id", "type", "user_id", "accepted_at")
         if redelivered and deliveries.height:
@@ -274,7 +277,7 @@ class EventRouter:
             ranker=ranker,
             sent_today=sent_today,
             already_sent=already,
-            audience_limit=self.settings.price_drop_audience_limit,
+            audience_limit=self.settings.price_drops.audience_limit,
         )
         targets, suppressed = planned.targets, planned.suppressed
         if planned.chosen.height:  # logged before sending, as the fan-out workers do
@@ -283,7 +286,7 @@ class EventRouter:
                 feedback_log.write, sent, self.settings.feedback_root, "sends", "sent_at"
             )
         content = price_drops.messages(drops)
-        step = self.settings.batch_max_rows
+        step = self.settings.topology.batch_max_rows
         for start in range(0, suppressed.height, step):
             part = suppressed.slice(start, step)
             await self.state.record_routed(
@@ -319,7 +322,7 @@ class EventRouter:
         for (event_id,), group in users.group_by("event_id"):
             key = self._price_drop_sent_key(event_id)
             pipe.sadd(key, *group["user_id"].to_list())
-            pipe.expire(key, self.settings.notification_ttl_s)
+            pipe.expire(key, self.settings.state.notification_ttl_s)
         await self._count_marketing(users, pipe)
         await pipe.execute()
 
@@ -391,7 +394,9 @@ class EventRouter:
     async def _run_retries(self, lane: str) -> None:
         while True:
             try:
-                members, rows = await self.retries.take_due(self.settings.batch_max_rows, lane)
+                members, rows = await self.retries.take_due(
+                    self.settings.topology.batch_max_rows, lane
+                )
                 if not members:
                     await asyncio.sleep(0.2)
                     continue
@@ -436,7 +441,7 @@ class EventRouter:
         campaign that can never run does not come back forever."""
         try:
             failures = await self.campaigns.record_failure(campaign_id, error)
-            if failures >= self.settings.campaign_max_failures:
+            if failures >= self.settings.campaigns.max_failures:
                 await self.campaigns.give_up(campaign_id)
         except Exception:  # noqa: BLE001 - Redis itself may be what failed
             log.warning("router: could not record campaign %s's failure", campaign_id)
@@ -455,7 +460,7 @@ class EventRouter:
 
         async def renew() -> None:
             while True:
-                await asyncio.sleep(self.settings.campaign_lease_s / 3)
+                await asyncio.sleep(self.settings.campaigns.lease_s / 3)
                 await self.campaigns.renew(campaign_id)
                 await self.pool.touch()
 
@@ -465,7 +470,7 @@ class EventRouter:
             version, resumed = await self.campaigns.start(campaign_id, version)
             now = time.time()
             done = await self.campaigns.shards_done(campaign_id)
-            todo = [s for s in range(self.settings.shards) if s not in done]
+            todo = [s for s in range(self.settings.topology.shards) if s not in done]
             pool = await self.pool.workers_for(len(todo))
             worker_of = {s: pool[i % len(pool)] for i, s in enumerate(todo)}
             stats = await self.campaigns.variant_stats(
@@ -522,7 +527,7 @@ class EventRouter:
             return True
         stream = worker.render.options(
             num_returns="streaming",
-            _generator_backpressure_num_objects=self.settings.fanout_in_flight,
+            _generator_backpressure_num_objects=self.settings.fanout.in_flight,
         ).remote(spec, snapshot, chosen.to_arrow(), accepted_at, version)
         async for ref in stream:
             if await self.campaigns.state(campaign_id) == "cancelled":
@@ -570,7 +575,7 @@ class EventRouter:
         pipe = self.redis.pipeline(transaction=False)
         sent_key = sent_users_key(self.settings, campaign_id)
         pipe.sadd(sent_key, *users["user_id"].to_list())
-        pipe.expire(sent_key, self.settings.notification_ttl_s)
+        pipe.expire(sent_key, self.settings.state.notification_ttl_s)
         await self._count_marketing(users, pipe)
         for variant, n in users.group_by("variant_id").len().iter_rows():
             pipe.hincrby(self.campaigns.key(campaign_id), f"variant:{variant}:sent", n)
@@ -616,7 +621,7 @@ class EventRouter:
         if rows.height == 0:
             return
         out_of_attempts = (pl.col("outcome") == "retry") & (
-            pl.col("attempts") >= self.settings.retry_max_attempts
+            pl.col("attempts") >= self.settings.retry.max_attempts
         )
         counts = rows.group_by(
             pl.col("notification_id").str.split(SEPARATOR).list.first().alias("campaign_id")
@@ -632,7 +637,7 @@ class EventRouter:
     async def _shrink_pool(self) -> None:
         """Router 0 removes the fan-out workers grown for campaigns once idle."""
         while True:
-            await asyncio.sleep(min(self.settings.fanout_idle_s / 4, 30.0))
+            await asyncio.sleep(min(self.settings.fanout.idle_s / 4, 30.0))
             try:
                 await self.pool.shrink_if_idle()
             except Exception:  # noqa: BLE001 - next round tries again
@@ -641,7 +646,7 @@ class EventRouter:
     async def _scale_senders(self) -> None:
         """Router 0 sizes each lane's push senders to its backlog."""
         while True:
-            await asyncio.sleep(self.settings.sender_scale_interval_s)
+            await asyncio.sleep(self.settings.senders.scale_interval_s)
             try:
                 await self.senders.scale()
             except Exception:  # noqa: BLE001 - next round tries again
@@ -658,7 +663,7 @@ class EventRouter:
                 last = (await self.redis.get(position_key) or b"0-0").decode()
                 entries = await self.redis.xrange(stream, min=f"({last}", count=10_000)
                 if not entries:
-                    await asyncio.sleep(self.settings.feedback_export_s)
+                    await asyncio.sleep(self.settings.feedback.export_s)
                     continue
                 rows = pl.DataFrame(
                     [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
@@ -684,7 +689,7 @@ class EventRouter:
         """One lookup call per shard that owns any of these users, all in parallel."""
         if not user_ids:
             return pl.DataFrame()
-        owners = shard_of(user_ids, self.settings.shards)
+        owners = shard_of(user_ids, self.settings.topology.shards)
         ids = np.asarray(user_ids, dtype=object)
         calls = [
             self._shard(int(shard)).lookup.remote(ids[owners == shard].tolist())
@@ -699,7 +704,7 @@ class EventRouter:
         ranker's user columns (zone, country, attributes, activity, platforms, affinities)
         come from the snapshots of the shards that hold wishers (cached per shard version,
         read zero-copy), joined onto the wisher rows."""
-        shards = range(self.settings.shards)
+        shards = range(self.settings.topology.shards)
         calls = [self._shard(shard).wishers.remote(product_ids) for shard in shards]
         tables: list[pa.Table] = await asyncio.gather(*calls)
         holding = [s for s in shards if tables[s].num_rows]
@@ -776,7 +781,7 @@ class EventRouter:
             self.retries.done(retry_members, pipe, retry_lane)
         await pipe.execute()
         await self._deactivate_dead(answered.filter(pl.col("outcome") == "dead_token"))
-        if self.settings.fallback_webhook_url:
+        if self.settings.fallback.webhook_url:
             # The webhook fallback is for order updates, never for marketing.
             await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
 
@@ -803,7 +808,7 @@ class EventRouter:
         (when the user allows email). Looks at the whole notification in the delivery state,
         since its pushes may have settled in different batches."""
         exhausted = (pl.col("outcome") == "retry") & (
-            pl.col("attempts") >= self.settings.retry_max_attempts
+            pl.col("attempts") >= self.settings.retry.max_attempts
         )
         gave_up = answered.filter(
             pl.col("channel").is_in(PUSH_CHANNELS)
@@ -842,7 +847,7 @@ class EventRouter:
     def _record(self, answered: pl.DataFrame, pipe) -> None:
         """Final outcomes as they are; retryable ones rescheduled until attempts run out,
         then dead-lettered like outcomes that can never succeed."""
-        out_of_attempts = pl.col("attempts") >= self.settings.retry_max_attempts
+        out_of_attempts = pl.col("attempts") >= self.settings.retry.max_attempts
         to_retry = answered.filter((pl.col("outcome") == "retry") & ~out_of_attempts)
         hopeless = answered.filter(
             (pl.col("outcome") == "failed") | ((pl.col("outcome") == "retry") & out_of_attempts)
@@ -888,7 +893,7 @@ class EventRouter:
                 "notification_ids": dead["notification_id"].to_list(),
             },
         )
-        owners = shard_of(dead["user_id"].to_list(), self.settings.shards)
+        owners = shard_of(dead["user_id"].to_list(), self.settings.topology.shards)
         device_ids = np.asarray(dead["device_id"].to_list(), dtype=object)
         await asyncio.gather(
             *[
@@ -903,7 +908,7 @@ class EventRouter:
     def _handle(self, name: str) -> ray.actor.ActorHandle:
         """Named-actor lookups go to the GCS; a handle stays valid across actor restarts."""
         if name not in self._handles:
-            self._handles[name] = ray.get_actor(name, namespace=self.settings.namespace)
+            self._handles[name] = ray.get_actor(name, namespace=self.settings.topology.namespace)
         return self._handles[name]
 
     @staticmethod

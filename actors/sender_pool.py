@@ -59,16 +59,18 @@ def start_sender(
 
     options = actor_options(settings, sender_name(channel, lane, replica), max_concurrency=1000)
     if replica:
-        options["num_cpus"] = settings.sender_num_cpus or settings.actor_num_cpus
+        options["num_cpus"] = settings.senders.num_cpus or settings.topology.actor_num_cpus
     return ray.remote(ChannelSender).options(**options).remote(settings, channel, lane, replica)
 
 
 def running_sender_replicas(settings: HeraldSettings, channel: str, lane: str) -> list[int]:
     """Replica numbers of one (channel, lane) sender that exist now."""
     found = []
-    for replica in range(settings.sender_replicas_max):
+    for replica in range(settings.senders.replicas_max):
         try:
-            ray.get_actor(sender_name(channel, lane, replica), namespace=settings.namespace)
+            ray.get_actor(
+                sender_name(channel, lane, replica), namespace=settings.topology.namespace
+            )
         except ValueError:
             continue
         found.append(replica)
@@ -92,17 +94,17 @@ class SenderPool:
         # Per lane, a bound on the replica numbers that may exist: `_retire` looks no further
         # and is skipped while there is nothing above `keep` (named-actor lookups block the
         # router's loop). Unknown at start: a restarted router 0 sweeps once.
-        self._above: dict[str, int] = dict.fromkeys(LANES, settings.sender_replicas_max)
+        self._above: dict[str, int] = dict.fromkeys(LANES, settings.senders.replicas_max)
 
     async def sizes(self) -> dict[str, int]:
         """Replicas per lane the routers split push batches over (read at most once a second)."""
-        if self.settings.sender_replicas_max == 1:
+        if self.settings.senders.replicas_max == 1:
             return self._sizes
         if time.monotonic() - self._read_at >= SIZE_CACHE_S:
             fields = [f"{lane}:{field}" for lane in LANES for field in ("size", "retired")]
             values = await self.redis.hmget(self.key, fields)
             for lane, size, retired in zip(LANES, values[::2], values[1::2], strict=True):
-                self._sizes[lane] = min(self.settings.sender_replicas_max, int(size or 1))
+                self._sizes[lane] = min(self.settings.senders.replicas_max, int(size or 1))
                 if retired != self._retired[lane]:
                     self._retired[lane] = retired
                     self._handles = {n: e for n, e in self._handles.items() if e[0] != lane}
@@ -113,7 +115,7 @@ class SenderPool:
         """The cached handle of one replica (named-actor lookups go to the GCS)."""
         name = sender_name(channel, lane, replica)
         if name not in self._handles:
-            actor = ray.get_actor(name, namespace=self.settings.namespace)
+            actor = ray.get_actor(name, namespace=self.settings.topology.namespace)
             self._handles[name] = (lane, actor)
         return self._handles[name][1]
 
@@ -124,17 +126,17 @@ class SenderPool:
     def ceiling(self, lane: str) -> int:
         """The most replicas that still add throughput under the lane's rate ceilings."""
         capacity = {
-            "apns": self.settings.sender_apns_capacity_per_s,
-            "fcm": self.settings.sender_fcm_capacity_per_s,
+            "apns": self.settings.senders.apns_capacity_per_s,
+            "fcm": self.settings.senders.fcm_capacity_per_s,
         }
         useful = max(
             math.ceil(self.settings.send_rate_per_s(channel, lane) / capacity[channel])
             for channel in PUSH_CHANNELS
         )
-        return max(1, min(self.settings.sender_replicas_max, useful))
+        return max(1, min(self.settings.senders.replicas_max, useful))
 
     def wanted(self, lane: str, backlog: int) -> int:
-        per_replica = self.settings.sender_backlog_per_replica
+        per_replica = self.settings.senders.backlog_per_replica
         return max(1, min(self.ceiling(lane), math.ceil(backlog / per_replica)))
 
     async def backlog(self, lane: str) -> int:
@@ -179,7 +181,7 @@ class SenderPool:
         size = current
         if wanted > current:
             size = await self._grow(lane, current, wanted)
-        elif now - float(busy_at) >= self.settings.sender_idle_s:
+        elif now - float(busy_at) >= self.settings.senders.idle_s:
             size = wanted
         if size != current:
             update = {f"{lane}:size": size}
@@ -211,7 +213,7 @@ class SenderPool:
         }
         self._above[lane] = max(self._above[lane], wanted)
         pings = {asyncio.ensure_future(h.ping.remote()): key for key, h in handles.items()}
-        done, _ = await asyncio.wait(pings, timeout=self.settings.sender_grow_wait_s)
+        done, _ = await asyncio.wait(pings, timeout=self.settings.senders.grow_wait_s)
         answered = {pings[f] for f in done if f.exception() is None}
         size = current
         while all((size, channel) in answered for channel in PUSH_CHANNELS) and size < wanted:
@@ -226,7 +228,7 @@ class SenderPool:
             for channel in PUSH_CHANNELS:
                 name = sender_name(channel, lane, replica)
                 try:
-                    sender = ray.get_actor(name, namespace=self.settings.namespace)
+                    sender = ray.get_actor(name, namespace=self.settings.topology.namespace)
                     busy = (await asyncio.wait_for(sender.ping.remote(), 2))["in_flight"]
                 except ValueError:
                     continue  # not there

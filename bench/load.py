@@ -131,7 +131,9 @@ def main(
                 accepted, errors = asyncio.run(
                     post_steadily(stack.api_url, stack.api_key, ids, r, seconds, 100)
                 )
-                pushes = collect(stack.settings.redis_url, stack.settings.key_prefix, accepted, 300)
+                pushes = collect(
+                    stack.settings.state.redis_url, stack.settings.state.key_prefix, accepted, 300
+                )
                 campaign = api.get(f"/v1/campaigns/{campaign_id}").json()
                 run = summarize(r, accepted, errors, pushes)
                 run["campaign_state_after"] = campaign["state"]

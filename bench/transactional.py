@@ -156,7 +156,9 @@ def main(
             post_steadily(stack.api_url, stack.api_key, ids, rate, seconds, batch_ms)
         )
         posted_s = time.time() - t0
-        pushes = collect(stack.settings.redis_url, stack.settings.key_prefix, accepted, 300)
+        pushes = collect(
+            stack.settings.state.redis_url, stack.settings.state.key_prefix, accepted, 300
+        )
 
     delivered = [p for p in pushes if p["status"] == "delivered"]
     latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])

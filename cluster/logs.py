@@ -56,12 +56,12 @@ def configure_logging(settings: HeraldSettings) -> None:
     """Send the `herald.*` loggers to stderr as redacted JSON lines (or plain text with
     `HERALD_LOG_FORMAT=text`). Idempotent: every actor and replica calls it on start."""
     root = logging.getLogger("herald")
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(settings.log.level.upper())
     if any(h.get_name() == _HANDLER_NAME for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    if settings.log_format == "json":
+    if settings.log.format == "json":
         handler.setFormatter(
             RedactingJsonFormatter(
                 "{asctime}{levelname}{name}{message}",

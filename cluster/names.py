@@ -28,7 +28,7 @@ def sender_name(channel: str, lane: str, replica: int = 0) -> str:
 
 def channels(settings: HeraldSettings) -> tuple[str, ...]:
     """The channels this deployment sends on: the fallback webhook only when configured."""
-    return CHANNELS + (("webhook",) if settings.fallback_webhook_url else ())
+    return CHANNELS + (("webhook",) if settings.fallback.webhook_url else ())
 
 
 def senders(settings: HeraldSettings) -> tuple[tuple[str, str], ...]:

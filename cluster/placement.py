@@ -21,10 +21,10 @@ def actor_options(settings: HeraldSettings, name: str, **extra) -> dict:
     """The options every Herald actor is created with (the fan-out pool's too)."""
     return {
         "name": name,
-        "namespace": settings.namespace,
+        "namespace": settings.topology.namespace,
         "lifetime": "detached",
         "get_if_exists": True,
-        "num_cpus": settings.actor_num_cpus,
+        "num_cpus": settings.topology.actor_num_cpus,
         "max_restarts": -1,
         "scheduling_strategy": SCHEDULING_STRATEGY,
         **extra,

@@ -33,8 +33,8 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
         api_key=stack.api_key,
         apns_url=stack.apns.url,
         fcm_url=stack.fcm.url,
-        ca_file=str(stack.settings.apns_ca_file),
-        redis_url=stack.settings.redis_url,
+        ca_file=str(stack.settings.apns.ca_file),
+        redis_url=stack.settings.state.redis_url,
     )
     info.save(stack.data_dir)
     return stack, info
@@ -242,15 +242,17 @@ def import_(
         raise typer.Exit(2)
     settings = _settings(data_dir)
     try:
-        ray.init(address=address, namespace=settings.namespace, log_to_driver=False)
+        ray.init(address=address, namespace=settings.topology.namespace, log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:
         hint = "" if address == "auto" else " (token auth on? set RAY_AUTH_MODE=token)"
         typer.echo(f"no running Ray cluster at {address!r}{hint}: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        shards = shards or _running_shards(settings.namespace)
+        shards = shards or _running_shards(settings.topology.namespace)
         if not shards:
-            typer.echo(f"no Herald shards in Ray namespace {settings.namespace!r}", err=True)
+            typer.echo(
+                f"no Herald shards in Ray namespace {settings.topology.namespace!r}", err=True
+            )
             raise typer.Exit(2)
         settings = settings.with_overrides(shards=shards)
         loaders = {"users": import_users, "devices": import_devices}

@@ -46,20 +46,21 @@ assert device_ids(["ios"], ["a"], ["t"])[0].as_py() == device_id_for("ios", "a",
 
 def _handles(settings: HeraldSettings) -> list:
     return [
-        ray.get_actor(shard_name(i), namespace=settings.namespace) for i in range(settings.shards)
+        ray.get_actor(shard_name(i), namespace=settings.topology.namespace)
+        for i in range(settings.topology.shards)
     ]
 
 
 def _per_shard(settings: HeraldSettings, table: pa.Table, method: str, chunk_rows: int) -> list:
     """Call `method` of each row's owning shard (by `user_id`) with chunks of at most
     `chunk_rows` rows; all calls in flight at once. Returns their object refs."""
-    owners = shard_of(table["user_id"], settings.shards)
+    owners = shard_of(table["user_id"], settings.topology.shards)
     handles = _handles(settings)
     order = np.argsort(owners, kind="stable")
     table = table.take(pa.array(order))
-    bounds = np.searchsorted(owners[order], np.arange(settings.shards + 1))
+    bounds = np.searchsorted(owners[order], np.arange(settings.topology.shards + 1))
     calls = []
-    for shard in range(settings.shards):
+    for shard in range(settings.topology.shards):
         begin, end = int(bounds[shard]), int(bounds[shard + 1])
         for start in range(begin, end, chunk_rows):
             part = table.slice(start, min(chunk_rows, end - start))
@@ -121,10 +122,10 @@ def import_wishlists(
     (each call replaces its users' whole lists)."""
     frame = pl.from_arrow(wishlists.select(["user_id", "product_id"]))
     users = frame["user_id"].unique(maintain_order=True)
-    owners = shard_of(users.to_arrow(), settings.shards)
+    owners = shard_of(users.to_arrow(), settings.topology.shards)
     calls = []
     for shard in np.unique(owners):
-        handle = ray.get_actor(shard_name(int(shard)), namespace=settings.namespace)
+        handle = ray.get_actor(shard_name(int(shard)), namespace=settings.topology.namespace)
         mine = users.filter(pl.Series(owners == shard))
         for start in range(0, mine.len(), chunk_users):
             part = mine.slice(start, chunk_users)

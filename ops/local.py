@@ -103,7 +103,7 @@ class LocalStack:
 
     @property
     def api_key(self) -> str:
-        return next(k for k, scopes in self.settings.api_keys.items() if "admin" in scopes)
+        return next(k for k, scopes in self.settings.api.api_keys.items() if "admin" in scopes)
 
     def start(self) -> LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ class LocalStack:
         if self._owns_ray and self.ray_address is not None:
             ray.init(
                 address=self.ray_address,
-                namespace=self.settings.namespace,
+                namespace=self.settings.topology.namespace,
                 log_to_driver=False,
             )
         elif self._owns_ray:
@@ -153,15 +153,15 @@ class LocalStack:
                 # `ray start` (or another test session) left running on this machine.
                 address="local",
                 num_cpus=self.num_cpus,
-                namespace=self.settings.namespace,
+                namespace=self.settings.topology.namespace,
                 include_dashboard=self.dashboard,
                 log_to_driver=False,
                 _metrics_export_port=self.metrics_port,
             )
-        serve.start(http_options={"host": self.settings.http_host, "port": self.http_port})
+        serve.start(http_options={"host": self.settings.api.http_host, "port": self.http_port})
 
     def deploy(self) -> None:
-        args = HeraldArgs(**self.settings.model_dump())
+        args = HeraldArgs(**self.settings.flat())
         serve.run(app_builder(args), name="herald", route_prefix="/", blocking=False)
 
     def stop(self) -> None:

@@ -79,7 +79,7 @@ def api(stack: LocalStack) -> Iterator[httpx.Client]:
 @pytest.fixture
 def emulators(stack: LocalStack) -> Iterator[dict[str, httpx.Client]]:
     """HTTP/2 clients of the APNs and FCM emulators' control endpoints, trusting their CA."""
-    ca = str(stack.settings.apns_ca_file)
+    ca = str(stack.settings.apns.ca_file)
     with (
         httpx.Client(base_url=stack.apns.url, verify=ca, http2=True, timeout=30) as apns,
         httpx.Client(base_url=stack.fcm.url, verify=ca, http2=True, timeout=30) as fcm,

@@ -74,25 +74,25 @@ class ApnsClient:
 
     async def start(self) -> None:
         """Inside the actor's loop: aioapns binds its pool to the running loop."""
-        s = self.settings
-        if s.apns_key_file is None:
+        s = self.settings.apns
+        if s.key_file is None:
             raise RuntimeError("HERALD_APNS_KEY_FILE is not set: cannot authenticate to APNs")
         context = ssl.create_default_context()
-        if s.apns_ca_file is not None:
-            context.load_verify_locations(cafile=str(s.apns_ca_file))
+        if s.ca_file is not None:
+            context.load_verify_locations(cafile=str(s.ca_file))
         context.set_alpn_protocols(["h2"])
         self.client = APNs(
-            key=s.apns_key_file.read_text(),
-            key_id=s.apns_key_id,
-            team_id=s.apns_team_id,
-            topic=s.apns_topic,
-            max_connections=s.apns_connections,
+            key=s.key_file.read_text(),
+            key_id=s.key_id,
+            team_id=s.team_id,
+            topic=s.topic,
+            max_connections=s.connections,
             ssl_context=context,
             err_func=self._quiet,
         )
-        self.client.pool.protocol_class = _protocol_for(s.apns_host, s.apns_port)
+        self.client.pool.protocol_class = _protocol_for(s.host, s.port)
         self.share_rate(1)
-        self.in_flight = asyncio.Semaphore(s.apns_concurrency)
+        self.in_flight = asyncio.Semaphore(s.concurrency)
 
     async def _quiet(self, request: NotificationRequest, result: object) -> None:
         """Errors are outcomes we record, not log lines per notification."""
@@ -135,7 +135,7 @@ class ApnsClient:
             try:
                 # aioapns waits forever for an answer that never comes (a dropped stream):
                 # bound it, and a resend carries the same apns-id.
-                async with asyncio.timeout(self.settings.apns_timeout_s):
+                async with asyncio.timeout(self.settings.apns.timeout_s):
                     result = await self.client.send_notification(request)
             except (TimeoutError, ApnsConnectionError, MaxAttemptsExceeded, OSError) as e:
                 return "retry", type(e).__name__, time.time()

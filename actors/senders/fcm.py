@@ -91,22 +91,20 @@ class FcmClient:
         self.in_flight: asyncio.Semaphore | None = None
 
     async def start(self) -> None:
-        s = self.settings
-        if s.fcm_credentials_file is None:
+        s = self.settings.fcm
+        if s.credentials_file is None:
             raise RuntimeError("HERALD_FCM_CREDENTIALS_FILE is not set: cannot authenticate")
-        credential = credentials.Certificate(str(s.fcm_credentials_file))
+        credential = credentials.Certificate(str(s.credentials_file))
         self.app = firebase_admin.initialize_app(
-            credential, options={"projectId": s.fcm_project_id}, name=f"herald-{uuid.uuid4()}"
+            credential, options={"projectId": s.project_id}, name=f"herald-{uuid.uuid4()}"
         )
         service = messaging._get_messaging_service(self.app)
-        service._fcm_url = (
-            f"{s.fcm_endpoint.rstrip('/')}/v1/projects/{s.fcm_project_id}/messages:send"
-        )
-        self._own_http_client(service, s.fcm_ca_file)
+        service._fcm_url = f"{s.endpoint.rstrip('/')}/v1/projects/{s.project_id}/messages:send"
+        self._own_http_client(service, s.ca_file)
         self.share_rate(1)
         # send_each_async puts a whole chunk in flight: chunk size is the concurrency bound.
-        self.chunk = min(BATCH, s.fcm_concurrency)
-        self.in_flight = asyncio.Semaphore(max(1, s.fcm_concurrency // self.chunk))
+        self.chunk = min(BATCH, s.concurrency)
+        self.in_flight = asyncio.Semaphore(max(1, s.concurrency // self.chunk))
 
     def _own_http_client(self, service: messaging._MessagingService, ca_file: Path | None) -> None:
         """Replace firebase-admin's httpx client: no inner retries, and the extra CA trusted

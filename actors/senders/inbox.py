@@ -73,7 +73,7 @@ class InboxClient:
             zset, hash_key, channel = inbox_keys(self.settings, user_id)
             await self._add(
                 keys=[zset, hash_key],
-                args=[nid, score, item, self.settings.inbox_max_items, channel],
+                args=[nid, score, item, self.settings.state.inbox_max_items, channel],
                 client=pipe,
             )
         await pipe.execute()

@@ -32,7 +32,7 @@ class WebhookClient:
         self.client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(timeout=self.settings.fallback_timeout_s)
+        self.client = httpx.AsyncClient(timeout=self.settings.fallback.timeout_s)
 
     async def send(self, batch: pa.Table) -> pa.Table:
         frame = pl.from_arrow(batch)
@@ -47,7 +47,7 @@ class WebhookClient:
             }
             try:
                 answer = await self.client.post(
-                    self.settings.fallback_webhook_url,
+                    self.settings.fallback.webhook_url,
                     json=body,
                     headers={"Idempotency-Key": row["delivery_id"]},
                 )

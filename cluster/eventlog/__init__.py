@@ -15,6 +15,6 @@ __all__ = ["ENTRY_SCHEMA", "GROUP", "EventLog", "claim_event_ids", "open_event_l
 
 def open_event_log(settings: HeraldSettings, client: aioredis.Redis | None = None) -> EventLog:
     """The log `HERALD_EVENT_LOG` names; the one place that chooses."""
-    if settings.event_log == "kafka":
+    if settings.eventlog.event_log == "kafka":
         return KafkaEventLog(settings, client)
     return RedisEventLog(settings, client)

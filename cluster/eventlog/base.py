@@ -56,6 +56,9 @@ async def claim_event_ids(
     pipe = redis.pipeline(transaction=False)
     for event_id in event_ids:
         pipe.set(
-            keys.event(settings, event_id), repr(now), nx=True, ex=settings.idempotency_window_s
+            keys.event(settings, event_id),
+            repr(now),
+            nx=True,
+            ex=settings.state.idempotency_window_s,
         )
     return [bool(flag) for flag in await pipe.execute()]

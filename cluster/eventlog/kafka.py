@@ -100,7 +100,7 @@ class KafkaEventLog:
     redelivers_unannounced = True
 
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
-        if not settings.kafka_bootstrap:
+        if not settings.kafka.bootstrap:
             raise ValueError("HERALD_EVENT_LOG=kafka needs HERALD_KAFKA_BOOTSTRAP")
         self.settings = settings
         self.redis = client or async_client(settings)
@@ -112,18 +112,18 @@ class KafkaEventLog:
         self._probe_lock = asyncio.Lock()
 
     def topic(self, lane: str) -> str:
-        return f"{self.settings.kafka_log_topic_prefix}{lane}"
+        return f"{self.settings.kafka.log_topic_prefix}{lane}"
 
     def group(self, lane: str) -> str:
-        return f"{self.settings.kafka_log_group}.{lane}"
+        return f"{self.settings.kafka.log_group}.{lane}"
 
     async def ensure_groups(self) -> None:
         """Create the lane topics (consumer groups come into being on first join)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
         await admin.start()
         try:
             topics = [
-                NewTopic(self.topic(lane), self.settings.kafka_log_partitions, 1) for lane in LANES
+                NewTopic(self.topic(lane), self.settings.kafka.log_partitions, 1) for lane in LANES
             ]
             try:
                 await admin.create_topics(topics)
@@ -137,10 +137,10 @@ class KafkaEventLog:
         async with self._producer_lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.kafka_bootstrap,
+                    bootstrap_servers=self.settings.kafka.bootstrap,
                     acks="all",
                     enable_idempotence=False,
-                    request_timeout_ms=int(self.settings.kafka_log_produce_timeout_s * 1000),
+                    request_timeout_ms=int(self.settings.kafka.log_produce_timeout_s * 1000),
                 )
                 await producer.start()
                 self._producer = producer
@@ -184,7 +184,7 @@ class KafkaEventLog:
                 for event_id, lane, event in events
             ]
             await asyncio.wait_for(
-                asyncio.gather(*sends), timeout=self.settings.kafka_log_produce_timeout_s
+                asyncio.gather(*sends), timeout=self.settings.kafka.log_produce_timeout_s
             )
         except (KafkaError, OSError):  # OSError: TimeoutError and connection errors
             await self._discard_producer(producer)
@@ -209,7 +209,7 @@ class KafkaEventLog:
         reader = self._readers.get(consumer)
         if reader is None:
             kafka = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap,
+                bootstrap_servers=self.settings.kafka.bootstrap,
                 group_id=self.group(lane),
                 client_id=consumer,
                 enable_auto_commit=False,
@@ -333,7 +333,7 @@ class KafkaEventLog:
             try:
                 if probe is None:
                     probe = AIOKafkaConsumer(
-                        bootstrap_servers=self.settings.kafka_bootstrap,
+                        bootstrap_servers=self.settings.kafka.bootstrap,
                         group_id=self.group(lane),
                         enable_auto_commit=False,
                     )

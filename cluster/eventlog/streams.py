@@ -65,8 +65,8 @@ class RedisEventLog:
         if not events:
             return []
         args: list[str] = [
-            self.settings.key_prefix,
-            str(self.settings.idempotency_window_s),
+            self.settings.state.key_prefix,
+            str(self.settings.state.idempotency_window_s),
             repr(time.time()),
         ]
         for event_id, lane, event in events:

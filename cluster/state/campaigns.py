@@ -139,13 +139,13 @@ class CampaignStore:
         """Due campaigns, leased to the caller for `campaign_lease_s`."""
         now = time.time()
         ids = await self._take(
-            keys=[self.due_key], args=[now, limit, now + self.settings.campaign_lease_s]
+            keys=[self.due_key], args=[now, limit, now + self.settings.campaigns.lease_s]
         )
         return [i.decode() for i in ids]
 
     async def renew(self, campaign_id: str) -> None:
         await self.redis.zadd(
-            self.due_key, {campaign_id: time.time() + self.settings.campaign_lease_s}, xx=True
+            self.due_key, {campaign_id: time.time() + self.settings.campaigns.lease_s}, xx=True
         )
 
     async def start(self, campaign_id: str, model_version: str) -> tuple[str, bool]:

@@ -25,7 +25,7 @@ RETRIES = 3
 
 def async_client(settings: HeraldSettings) -> aioredis.Redis:
     return aioredis.Redis.from_url(
-        settings.redis_url,
+        settings.state.redis_url,
         health_check_interval=HEALTH_CHECK_S,
         retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
         retry_on_error=[ConnectionError, TimeoutError],
@@ -34,7 +34,7 @@ def async_client(settings: HeraldSettings) -> aioredis.Redis:
 
 def sync_client(settings: HeraldSettings) -> redis.Redis:
     return redis.Redis.from_url(
-        settings.redis_url,
+        settings.state.redis_url,
         health_check_interval=HEALTH_CHECK_S,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
         retry_on_error=[ConnectionError, TimeoutError],

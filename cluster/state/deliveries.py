@@ -58,7 +58,7 @@ class DeliveryState:
         """Before sending: the notification's meta, each delivery as queued, and why a
         notification with no delivery was suppressed."""
         now = time.time()
-        ttl = self.settings.notification_ttl_s
+        ttl = self.settings.state.notification_ttl_s
         pipe = self.redis.pipeline(transaction=False)
         for row in meta.iter_rows(named=True):
             key = self.key(row["notification_id"])

@@ -30,7 +30,7 @@ from cluster.settings import HeraldSettings
 
 
 def _key(settings: HeraldSettings, *parts: str | int) -> str:
-    return settings.key_prefix + ":".join(str(p) for p in parts)
+    return settings.state.key_prefix + ":".join(str(p) for p in parts)
 
 
 def event(settings: HeraldSettings, event_id: str) -> str:

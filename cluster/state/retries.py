@@ -38,8 +38,8 @@ return due
 
 def backoff_s(settings: HeraldSettings, attempt: int, retry_after_s: float | None) -> float:
     """Delay before attempt `attempt + 1`: full jitter over an exponential ceiling."""
-    ceiling = min(settings.retry_max_s, settings.retry_base_s * 2 ** max(0, attempt - 1))
-    delay = random.uniform(settings.retry_base_s / 2, ceiling)
+    ceiling = min(settings.retry.max_s, settings.retry.base_s * 2 ** max(0, attempt - 1))
+    delay = random.uniform(settings.retry.base_s / 2, ceiling)
     return max(delay, retry_after_s or 0.0)
 
 
@@ -73,7 +73,7 @@ class RetrySchedule:
         """Due retries of one lane, leased to the caller: (their members, their rows)."""
         now = time.time()
         members = await self._take(
-            keys=[self.key_of(lane)], args=[now, limit, now + self.settings.retry_lease_s]
+            keys=[self.key_of(lane)], args=[now, limit, now + self.settings.retry.lease_s]
         )
         rows = pl.DataFrame([json.loads(m) for m in members]) if members else pl.DataFrame()
         return members, rows

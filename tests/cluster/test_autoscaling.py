@@ -238,7 +238,7 @@ def test_autoscaler_adds_a_worker_for_fanout_and_removes_it_when_idle(request, t
             assert placed == {FAKE_HEAD_NODE_ID, worker_node["NodeID"]}
 
             # No campaign for fanout_idle_s: the grown workers go, then their node.
-            time.sleep(settings.fanout_idle_s + 0.5)
+            time.sleep(settings.fanout.idle_s + 0.5)
 
             async def shrink() -> int:
                 return await FanoutPool(settings, async_client(settings)).shrink_if_idle()
@@ -299,14 +299,14 @@ def test_autoscaler_adds_a_worker_for_senders_and_removes_it_when_idle(request, 
             assert len(alive_nodes()) == 2
             assert ray.cluster_resources()["CPU"] == 4
             grown = [
-                ray.get_actor(sender_name(c, lane, 1), namespace=settings.namespace)
+                ray.get_actor(sender_name(c, lane, 1), namespace=settings.topology.namespace)
                 for c in PUSH_CHANNELS
             ]
             placed = set(ray.get([s.__ray_call__.remote(_node_id) for s in grown], timeout=60))
             assert len(placed) == 2, "one grown sender fits the head, the other the new node"
 
             # Backlog gone: after sender_idle_s the size drops, then the replicas go.
-            time.sleep(settings.sender_idle_s + 0.5)
+            time.sleep(settings.senders.idle_s + 0.5)
             assert asyncio.run(scale(backlog=False))[0][lane] == 1
             time.sleep(3.5)  # routers see the new size before a replica is removed
             asyncio.run(scale(backlog=False))

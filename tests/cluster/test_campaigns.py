@@ -86,13 +86,13 @@ def population(stack, tmp_path_factory):
         quiet_start_min=pl.when(quiet).then(pl.Series(start)).cast(pl.Int16),
         quiet_end_min=pl.when(quiet).then((pl.Series(start) + 180) % 1440).cast(pl.Int16),
     )
-    owners = shard_of(prefs["user_id"].to_arrow(), stack.settings.shards)
+    owners = shard_of(prefs["user_id"].to_arrow(), stack.settings.topology.shards)
     ray.get(
         [
             ray.get_actor(
-                shard_name(s), namespace=stack.settings.namespace
+                shard_name(s), namespace=stack.settings.topology.namespace
             ).upsert_preferences.remote(prefs.filter(pl.Series(owners == s)).to_arrow())
-            for s in range(stack.settings.shards)
+            for s in range(stack.settings.topology.shards)
         ]
     )
     return {"cohort": cohort, "users": users, "devices": devices, "prefs": prefs}
@@ -208,8 +208,10 @@ def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, popu
     # them (reference: the shards' own snapshots, scored here at the campaign's start).
     snapshots = ray.get(
         [
-            ray.get_actor(shard_name(s), namespace=stack.settings.namespace).snapshot.remote()
-            for s in range(stack.settings.shards)
+            ray.get_actor(
+                shard_name(s), namespace=stack.settings.topology.namespace
+            ).snapshot.remote()
+            for s in range(stack.settings.topology.shards)
         ]
     )
     frames = [pl.from_arrow(ray.get(s["users"])) for s in snapshots]
@@ -309,7 +311,7 @@ def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, popu
 
 
 def stack_redis(stack) -> redis.Redis:
-    return redis.Redis.from_url(stack.settings.redis_url)
+    return redis.Redis.from_url(stack.settings.state.redis_url)
 
 
 def test_send_at_schedules_the_campaign(api, population, uid):
@@ -336,7 +338,7 @@ def test_a_campaign_that_cannot_run_is_marked_failed(stack, api, population, uid
     broken = {**body, "segment": {"no_such_condition": 1}}
     stack_redis(stack).hset(keys.campaign(stack.settings, cid), "spec", json.dumps(broken))
     status = wait_campaign(api, cid, states=("failed",), timeout_s=90)
-    assert status["failures"] == stack.settings.campaign_max_failures
+    assert status["failures"] == stack.settings.campaigns.max_failures
     assert "no_such_condition" in status["error"]
     assert status["sent"] == 0
 

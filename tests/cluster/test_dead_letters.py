@@ -22,8 +22,8 @@ from tests.cluster.test_kafka import produce
 
 def cli(stack, *args: str) -> str:
     env = {
-        "HERALD_REDIS_URL": stack.settings.redis_url,
-        "HERALD_KEY_PREFIX": stack.settings.key_prefix,
+        "HERALD_REDIS_URL": stack.settings.state.redis_url,
+        "HERALD_KEY_PREFIX": stack.settings.state.key_prefix,
     }
     result = CliRunner().invoke(app, ["dlq", *args], env=env)
     assert result.exit_code == 0, result.output
@@ -47,11 +47,11 @@ def wait_for(predicate, timeout_s: float = 60.0):
 def test_poison_event_is_dead_lettered_and_does_not_block(stack, api, uid):
     # Written straight into the log, as a buggy producer or a bad replay could: not JSON.
     poison = f"{{poison {uid}"
-    if stack.settings.event_log == "kafka":
-        topic = stack.settings.kafka_log_topic_prefix + "transactional"
-        asyncio.run(produce(stack.settings.kafka_bootstrap, topic, [poison.encode()]))
+    if stack.settings.eventlog.event_log == "kafka":
+        topic = stack.settings.kafka.log_topic_prefix + "transactional"
+        asyncio.run(produce(stack.settings.kafka.bootstrap, topic, [poison.encode()]))
     else:
-        client = redis.Redis.from_url(stack.settings.redis_url)
+        client = redis.Redis.from_url(stack.settings.state.redis_url)
         client.xadd(
             keys.stream(stack.settings, "transactional"), {"e": poison, "at": repr(time.time())}
         )
@@ -84,7 +84,7 @@ def test_exhausted_delivery_is_dead_lettered_then_replayed(stack, api, emulators
             return push[0] if push and push[0]["status"] == "dead_lettered" else None
 
         push = wait_for(apns_dead_lettered, timeout_s=90)
-        assert push["attempts"] == stack.settings.retry_max_attempts
+        assert push["attempts"] == stack.settings.retry.max_attempts
         assert "InternalServerError" in push["last_error"]
     finally:
         emulators["apns"].post("/_emulator/faults", json={})

@@ -12,8 +12,8 @@ def test_demo_scenario_delivers_everything(stack):
         api_key="test-admin",
         apns_url=stack.apns.url,
         fcm_url=stack.fcm.url,
-        ca_file=str(stack.settings.apns_ca_file),
-        redis_url=stack.settings.redis_url,
+        ca_file=str(stack.settings.apns.ca_file),
+        redis_url=stack.settings.state.redis_url,
     )
     lines: list[str] = []
     assert run_scenario(info, echo=lines.append), "\n".join(lines)
@@ -35,7 +35,7 @@ def test_status_shows_the_cluster_at_a_glance(stack, api, uid):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"Herald at {stack.api_url}: ready"
-    assert lines[1].startswith(f"shards: {stack.settings.shards}  users ")
+    assert lines[1].startswith(f"shards: {stack.settings.topology.shards}  users ")
     assert "transactional" in lines[2] and "marketing" in lines[2]
     assert "apns/transactional" in lines[4] and "fcm/marketing" in lines[4]
 

@@ -138,12 +138,14 @@ def test_reregistering_a_token_updates_instead_of_duplicating(api, emulators, ui
 def test_killed_shard_comes_back_with_every_device(stack, api, uid):
     users = [f"r-{uid}-{i}" for i in range(40)]
     shard0 = [
-        u for u, s in zip(users, shard_of(users, stack.settings.shards), strict=True) if s == 0
+        u
+        for u, s in zip(users, shard_of(users, stack.settings.topology.shards), strict=True)
+        if s == 0
     ]
     tokens = {u: apns_token() for u in shard0}
     for user, token in tokens.items():
         register(api, user, "ios", token)
-    shard = ray.get_actor(shard_name(0), namespace=stack.settings.namespace)
+    shard = ray.get_actor(shard_name(0), namespace=stack.settings.topology.namespace)
     before = ray.get(shard.lookup.remote(shard0))
     ray.kill(shard, no_restart=False)
     deadline = time.monotonic() + 60

@@ -39,7 +39,7 @@ def test_pool_grows_for_demand_and_shrinks_when_idle(pool_settings):
         answers = await asyncio.gather(*[w.ping.remote() for w in workers])
         grown = running_fanout_workers(pool_settings)
         removed_busy = await pool.shrink_if_idle()  # just used: nothing goes
-        await asyncio.sleep(pool_settings.fanout_idle_s + 0.5)
+        await asyncio.sleep(pool_settings.fanout.idle_s + 0.5)
         removed_idle = await pool.shrink_if_idle()
         return answers, removed_busy, grown, removed_idle, running_fanout_workers(pool_settings)
 

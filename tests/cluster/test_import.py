@@ -46,7 +46,7 @@ def env(tmp_path_factory) -> Iterator[dict]:
     # num_cpus=0: schedulable next to a session stack that holds every CPU.
     shards = [
         ray.remote(UserShard)
-        .options(name=shard_name(i), namespace=settings.namespace, num_cpus=0)
+        .options(name=shard_name(i), namespace=settings.topology.namespace, num_cpus=0)
         .remote(settings, i)
         for i in range(SHARDS)
     ]
@@ -242,7 +242,7 @@ def test_empty_shard_snapshot(env):
 
 
 def test_cli_finds_running_shards(env):
-    assert _running_shards(env["settings"].namespace) == SHARDS
+    assert _running_shards(env["settings"].topology.namespace) == SHARDS
     assert _running_shards(f"nobody-{uuid.uuid4().hex}") == 0
 
 

@@ -35,7 +35,7 @@ def test_kafka_events_are_delivered_and_garbage_dead_lettered(stack, api, kafka,
     values = [json.dumps(e).encode() for e in good] + [json.dumps(batch).encode()]
     values += [b"\xff not json " + uid.encode(), json.dumps({"type": "order.updated"}).encode()]
     values += [json.dumps(good[0]).encode()]  # a replay: logged once
-    asyncio.run(produce(kafka.bootstrap, stack.settings.kafka_topic, values))
+    asyncio.run(produce(kafka.bootstrap, stack.settings.kafka.topic, values))
 
     ids = [e["event_id"] for e in good] + [e["event_id"] for e in batch["events"]]
     statuses = wait_final(api, ids, timeout_s=60)

@@ -99,7 +99,7 @@ async def test_fan_out_holds_sends_counts_and_a_redelivery_repeats_nothing(route
 
     router._wishers = wishers
     settings = router.settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.state.redis_url)
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
     client.hset(freq_key(settings, day), "capped", 1)  # a campaign reached them today
 
@@ -122,7 +122,7 @@ async def test_fan_out_holds_sends_counts_and_a_redelivery_repeats_nothing(route
     assert counts == {"now1": b"1", "quiet": b"1", "capped": b"1"}
     users_key = keys.price_drop_users(settings, "ev")
     assert client.smembers(users_key) == {b"now1", b"now2", b"quiet"}
-    assert 0 < client.ttl(users_key) <= settings.notification_ttl_s
+    assert 0 < client.ttl(users_key) <= settings.state.notification_ttl_s
     capped = await router.state.get("ev:capped")
     assert capped["suppressed"] == "frequency_cap" and capped["deliveries"] == []
     quiet = await router.state.get("ev:quiet")

@@ -165,13 +165,15 @@ def test_price_drop_reaches_exactly_the_wishers(stack, api, emulators, uid):
 def test_wishlists_come_back_with_a_restarted_shard(stack, api, uid):
     users = [f"w-{uid}-{i}" for i in range(30)]
     on_shard0 = [
-        u for u, s in zip(users, shard_of(users, stack.settings.shards), strict=True) if s == 0
+        u
+        for u, s in zip(users, shard_of(users, stack.settings.topology.shards), strict=True)
+        if s == 0
     ]
     assert len(on_shard0) >= 3
     for i, user in enumerate(on_shard0):
         put_wishlist(api, user, [f"W-{uid}", f"W-{uid}-{i}"])
     put_wishlist(api, on_shard0[0], [])  # emptied: must stay empty
-    shard = ray.get_actor(shard_name(0), namespace=stack.settings.namespace)
+    shard = ray.get_actor(shard_name(0), namespace=stack.settings.topology.namespace)
     ray.kill(shard, no_restart=False)
     deadline = time.monotonic() + 60
     while True:
@@ -199,7 +201,7 @@ def test_price_drops_from_kafka(stack, api, kafka, uid):
     good = price_drop(f"kpd-{uid}", f"K-{uid}", title="Lamp")
     bad = price_drop(f"kpd-bad-{uid}", f"K-{uid}", new_price=150)
     values = [json.dumps(good).encode(), json.dumps(bad).encode()]
-    asyncio.run(produce(kafka.bootstrap, stack.settings.kafka_topic, values))
+    asyncio.run(produce(kafka.bootstrap, stack.settings.kafka.topic, values))
     status = wait_final(api, [f"kpd-{uid}:{user}"], timeout_s=60)[f"kpd-{uid}:{user}"]
     assert status["state"] == "delivered", status
     inbox = api.get(f"/v1/users/{user}/inbox").json()["items"]
@@ -225,7 +227,7 @@ def test_price_drop_goes_through_campaign_eligibility(stack, api, emulators, uid
     campaigns count in (suppressed, by reason), one who opted out of price alerts, and one
     whose drop then counts towards the shared cap so that a second drop the same day is
     suppressed for him."""
-    client = redis.Redis.from_url(stack.settings.redis_url)
+    client = redis.Redis.from_url(stack.settings.state.redis_url)
     product, second = f"Q-{uid}", f"Q2-{uid}"
     u = {name: f"{name}-{uid}" for name in ("quiet", "capped", "optout", "fresh")}
     tokens = {name: apns_token() for name in u}

@@ -29,10 +29,10 @@ def _pings(stack, lane: str) -> dict[str, dict]:
     """The push senders of a lane that exist now, by name, with their counters."""
     out = {}
     for channel in ("apns", "fcm"):
-        for replica in range(stack.settings.sender_replicas_max):
+        for replica in range(stack.settings.senders.replicas_max):
             name = sender_name(channel, lane, replica)
             try:
-                actor = ray.get_actor(name, namespace=stack.settings.namespace)
+                actor = ray.get_actor(name, namespace=stack.settings.topology.namespace)
                 out[name] = ray.get(actor.ping.remote(), timeout=30)
             except (ValueError, ray.exceptions.RayError):
                 continue
@@ -42,9 +42,9 @@ def _pings(stack, lane: str) -> dict[str, dict]:
 def test_wanted_replicas_follow_the_backlog_under_the_lanes_ceiling(stack):
     def pool(**overrides) -> SenderPool:
         settings = stack.settings.with_overrides(**overrides)
-        return SenderPool(settings, aioredis.Redis.from_url(settings.redis_url), None)
+        return SenderPool(settings, aioredis.Redis.from_url(settings.state.redis_url), None)
 
-    per = stack.settings.sender_backlog_per_replica
+    per = stack.settings.senders.backlog_per_replica
     for lane in ("transactional", "marketing"):  # the test stack: FCM replicas of 250/s
         wanted = [pool().wanted(lane, n) for n in (0, 1, per, per + 1, 100 * per)]
         assert wanted == [1, 1, 1, 2, 2], lane
@@ -67,7 +67,7 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
         emulator.post("/_emulator/reset").raise_for_status()
     cohort = f"sp{uid}"
     import_cohort(stack, cohort, USERS, 11, tmp_path)
-    store = redis.Redis.from_url(stack.settings.redis_url)
+    store = redis.Redis.from_url(stack.settings.state.redis_url)
     pool_key = keys.sender_pool(stack.settings)
     campaign_id = f"grow-{uid}"
     body = campaign_body(cohort, campaign_id, respect_quiet_hours=False)
@@ -117,7 +117,7 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
 
     # Split across replicas, FCM still keeps to the lane's ceiling (each replica takes its
     # share): n messages at `rate`/s, allowing each limiter's initial burst.
-    rate = stack.settings.marketing_fcm_rate_per_s
+    rate = stack.settings.marketing.fcm_rate_per_s
     fcm = sorted(at for _, at in pushes["fcm"])
     bursts = rate * (1 + 2 * 0.5)  # the first limiter, then each replica's half-size one
     assert fcm[-1] - fcm[0] >= (len(fcm) - bursts) / rate - 0.5
@@ -154,7 +154,7 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
 def _failed_sender_calls(stack) -> int:
     """Sender calls that failed as a whole, summed over the routers."""
     total = 0
-    for index in range(stack.settings.routers):
-        router = ray.get_actor(router_name(index), namespace=stack.settings.namespace)
+    for index in range(stack.settings.topology.routers):
+        router = ray.get_actor(router_name(index), namespace=stack.settings.topology.namespace)
         total += ray.get(router.ping.remote(), timeout=30).get("sender_call_failed", 0)
     return total

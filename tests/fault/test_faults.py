@@ -41,7 +41,7 @@ class Scenario:
 
     def __init__(self, stack, api: httpx.Client, emulators, uid: str, dead_share: float = 0.0):
         self.stack, self.api, self.emulators, self.uid = stack, api, emulators, uid
-        self.redis = redis.Redis.from_url(stack.settings.redis_url)
+        self.redis = redis.Redis.from_url(stack.settings.state.redis_url)
         for emulator in emulators.values():
             emulator.post("/_emulator/reset").raise_for_status()
         self.users = [f"f{uid}-{i}" for i in range(USERS)]
@@ -129,7 +129,7 @@ class Scenario:
             try:
                 asyncio.run(
                     asyncio.wait_for(
-                        produce(kafka.bootstrap, self.stack.settings.kafka_topic, [value]), 10
+                        produce(kafka.bootstrap, self.stack.settings.kafka.topic, [value]), 10
                     )
                 )
                 self.accepted += [e["event_id"] for e in batch]
@@ -266,13 +266,13 @@ def scenario(stack, api, emulators, uid):
     yield make
     for emulator in emulators.values():
         emulator.post("/_emulator/reset")
-    redis.Redis.from_url(stack.settings.redis_url).delete(dlq_key(stack.settings))
+    redis.Redis.from_url(stack.settings.state.redis_url).delete(dlq_key(stack.settings))
 
 
 @pytest.mark.eventlog
 def test_actors_killed_mid_stream(stack, scenario):
     s = scenario()
-    ns = stack.settings.namespace
+    ns = stack.settings.topology.namespace
 
     victims = (shard_name(0), router_name(0), sender_name("apns", "transactional"))
     killed: dict[str, int] = {}

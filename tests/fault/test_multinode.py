@@ -33,7 +33,11 @@ from cluster.state import keys
 from ops.demo import apns_token, fcm_token
 from ops.importer import import_devices
 from ops.local import LocalStack
-from tests.cluster.test_autoscaling import ray_address_file_restored, rerun_in_fresh_process, wait_for
+from tests.cluster.test_autoscaling import (
+    ray_address_file_restored,
+    rerun_in_fresh_process,
+    wait_for,
+)
 from tests.cluster.test_campaigns import campaign_body, import_cohort
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -97,8 +101,10 @@ def ready(stack: LocalStack) -> bool:
 
 def actor_names(stack: LocalStack) -> list[str]:
     s = stack.settings
-    names = [shard_name(i) for i in range(s.shards)] + [router_name(i) for i in range(s.routers)]
-    names += [fanout_name(i) for i in range(s.fanout_workers)]
+    names = [shard_name(i) for i in range(s.topology.shards)] + [
+        router_name(i) for i in range(s.topology.routers)
+    ]
+    names += [fanout_name(i) for i in range(s.fanout.workers)]
     return names + [sender_name(c, lane) for c, lane in senders(s)]
 
 
@@ -109,7 +115,7 @@ def _node_id(_actor: object) -> str:
 def placement(stack: LocalStack) -> dict[str, str]:
     """Herald actor name → id of the node its process runs on."""
     names = actor_names(stack)
-    ns = stack.settings.namespace
+    ns = stack.settings.topology.namespace
     calls = [ray.get_actor(n, namespace=ns).__ray_call__.remote(_node_id) for n in names]
     return dict(zip(names, ray.get(calls, timeout=120), strict=True))
 
@@ -179,7 +185,7 @@ class OrderUpdates:
         s = self.stack.settings
         for kind, url in (("apns", self.stack.apns.url), ("fcm", self.stack.fcm.url)):
             body = httpx.get(
-                f"{url}/_emulator/received", verify=str(s.apns_ca_file), timeout=30
+                f"{url}/_emulator/received", verify=str(s.apns.ca_file), timeout=30
             ).json()
             for item in body["received"] if isinstance(body, dict) else body:
                 if item.get("status") != 200:
@@ -192,7 +198,7 @@ class OrderUpdates:
         return got
 
     def inboxes(self) -> dict[str, list[bytes]]:
-        r = redis.Redis.from_url(self.stack.settings.redis_url)
+        r = redis.Redis.from_url(self.stack.settings.state.redis_url)
         pipe = r.pipeline(transaction=False)
         for user in self.users:
             pipe.zrange(keys.inbox(self.stack.settings, user), 0, -1)
@@ -236,7 +242,7 @@ class Campaign:
     def missing(self, received: Counter) -> tuple[list[str], list[str]]:
         """Selected users with a device no provider took the campaign for; selected users
         whose inbox lacks it."""
-        r = redis.Redis.from_url(self.stack.settings.redis_url)
+        r = redis.Redis.from_url(self.stack.settings.state.redis_url)
         key = keys.campaign(self.stack.settings, self.campaign_id, "users")
         sent = sorted(m.decode() for m in r.smembers(key))
         assert len(sent) == self.expected_users
