@@ -31,8 +31,8 @@ class FeedbackStore:
         now: float,
     ) -> bool:
         """Count one action; False when this notification already had it."""
-        flag = f"fb:{action}"
-        first = await self.redis.hsetnx(keys.notification(self.settings, notification_id), flag, now)
+        record = keys.notification(self.settings, notification_id)
+        first = await self.redis.hsetnx(record, f"fb:{action}", now)
         if not first:
             return False
         pipe = self.redis.pipeline(transaction=False)
