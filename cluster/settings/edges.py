@@ -1,0 +1,89 @@
+"""Settings groups of Herald's edges: the HTTP API and the push providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from cluster.settings._group import Group, env_prefix
+
+
+class ApiSettings(Group):
+    """The HTTP API: keys and scopes, bind address, body limit.
+
+    Variables: `HERALD_<FIELD>`.
+    """
+
+    model_config = env_prefix("HERALD_")
+
+    api_keys: dict[str, list[Literal["ingest", "admin"]]] = Field(
+        default_factory=lambda: {"dev-admin-key": ["ingest", "admin"]},
+        description='API keys and their scopes, as JSON: {"key": ["ingest", "admin"]}.',
+    )
+    http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
+    http_port: int = Field(8000, description="Port of the Serve HTTP proxy.")
+    max_body_bytes: int = Field(1 << 20, description="Largest request body accepted.")
+
+
+class ApnsSettings(Group):
+    """Apple Push Notification service.
+
+    Variables: `HERALD_APNS_<FIELD>`.
+    """
+
+    model_config = env_prefix("HERALD_APNS_")
+
+    host: str = Field("api.push.apple.com", description="APNs host (an emulator in tests).")
+    port: int = Field(443, description="APNs port.")
+    ca_file: Path | None = Field(
+        None, description="Extra CA bundle to trust for APNs (the emulator's test CA)."
+    )
+    key_file: Path | None = Field(None, description="APNs auth key (.p8, ES256).")
+    key_id: str = Field("HERALDKEY1", description="Key ID of the APNs auth key.")
+    team_id: str = Field("HERALDTEAM", description="Apple developer team ID.")
+    topic: str = Field("com.example.shop", description="App bundle id (apns-topic).")
+    connections: int = Field(4, ge=1, description="HTTP/2 connections to APNs.")
+    concurrency: int = Field(200, ge=1, description="Most APNs requests in flight.")
+    rate_per_s: float = Field(20_000, gt=0, description="APNs send rate ceiling.")
+    timeout_s: float = Field(
+        10.0, gt=0, description="An APNs answer not back by then is retried later."
+    )
+
+
+class FcmSettings(Group):
+    """Firebase Cloud Messaging (HTTP v1).
+
+    Variables: `HERALD_FCM_<FIELD>`.
+    """
+
+    model_config = env_prefix("HERALD_FCM_")
+
+    project_id: str = Field("herald-demo", description="Firebase project id.")
+    endpoint: str = Field(
+        "https://fcm.googleapis.com", description="FCM base URL (an emulator in tests)."
+    )
+    ca_file: Path | None = Field(
+        None, description="Extra CA bundle to trust for FCM (the emulator's test CA)."
+    )
+    credentials_file: Path | None = Field(
+        None, description="Service-account JSON; its token_uri may point at the emulator."
+    )
+    concurrency: int = Field(100, ge=1, description="Most FCM requests in flight.")
+    rate_per_s: float = Field(
+        10_000, gt=0, description="FCM send rate ceiling (default quota is 10k/s/project)."
+    )
+
+
+class LocalSettings(Group):
+    """The local stack (`make run`, tests).
+
+    Variables: `HERALD_<FIELD>`.
+    """
+
+    model_config = env_prefix("HERALD_")
+
+    data_dir: Path = Field(
+        Path(".herald"), description="Where the local stack keeps Redis data, certs and keys."
+    )
