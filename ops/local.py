@@ -20,7 +20,8 @@ from ray import serve
 
 from cluster.settings import HeraldArgs, HeraldSettings
 from emulators.pki import make_test_pki
-from ops.embedded_redis import EmbeddedRedis, free_port
+from ops.embedded_redis import EmbeddedRedis
+from ops.processes import free_port, stop_process
 from serve_app import app_builder
 
 
@@ -56,13 +57,7 @@ class Emulator:
         return int(self.url.rsplit(":", 1)[1].rstrip("/"))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 class LocalStack:

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from ops.demo import wait_final
-from ops.embedded_redis import free_port
+from ops.processes import free_port
 
 START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 90

@@ -21,9 +21,8 @@ from cluster.sharding import shard_of
 from cluster.tables.devices import device_id_for
 from cluster.tables.preferences import DEFAULTS
 from models import synth
-from ops.cli import _running_shards
 from ops.embedded_redis import EmbeddedRedis
-from ops.importer import import_devices, import_users, import_wishlists
+from ops.importer import import_devices, import_users, import_wishlists, running_shards
 
 USERS = 2_000
 SHARDS = 2
@@ -242,8 +241,8 @@ def test_empty_shard_snapshot(env):
 
 
 def test_cli_finds_running_shards(env):
-    assert _running_shards(env["settings"].topology.namespace) == SHARDS
-    assert _running_shards(f"nobody-{uuid.uuid4().hex}") == 0
+    assert running_shards(env["settings"].topology.namespace) == SHARDS
+    assert running_shards(f"nobody-{uuid.uuid4().hex}") == 0
 
 
 def test_shard_of_is_deterministic_for_import():
