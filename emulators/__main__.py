@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from emulators.apns import ApnsEmulator
+from emulators.fcm import FcmEmulator, write_service_account
 from emulators.h2server import serve
 from emulators.pki import make_test_pki
 
@@ -44,14 +46,10 @@ async def _run(kind: Kind, pki_dir: Path, port: int, host: str, fcm_project: str
     actual = server.sockets[0].getsockname()[1]
     url = f"https://{host}:{actual}"
     if kind is Kind.apns:
-        from emulators.apns import ApnsEmulator
-
         holder["emulator"] = ApnsEmulator(
             pki.apns_public_key.read_bytes(), pki.apns_key_id, pki.apns_team_id
         )
     else:
-        from emulators.fcm import FcmEmulator, write_service_account
-
         token_uri = f"{url}/token"
         public = write_service_account(pki.fcm_credentials_file, fcm_project, token_uri)
         holder["emulator"] = FcmEmulator(fcm_project, public, token_uri)

@@ -9,7 +9,6 @@ ExpiredProviderToken, 410 Unregistered, 413 PayloadTooLarge, 429 TooManyRequests
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -17,7 +16,7 @@ import uuid
 
 import jwt
 
-from emulators.common import EmulatorState, json_response, retry_after_header
+from emulators.common import ProviderEmulator, json_response, retry_after_header
 from emulators.h2server import Request, Response
 
 _TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -27,19 +26,14 @@ _KEPT_HEADERS = ("apns-id", "apns-topic", "apns-push-type", "apns-priority",
                  "apns-expiration", "apns-collapse-id")  # fmt: skip
 
 
-class ApnsEmulator:
+class ApnsEmulator(ProviderEmulator):
     def __init__(self, public_key_pem: bytes, key_id: str, team_id: str) -> None:
+        super().__init__()
         self.public_key = public_key_pem
         self.key_id, self.team_id = key_id, team_id
-        self.state = EmulatorState()
         self._valid_jwts: dict[str, float] = {}  # verified provider token → its iat
 
-    async def handle(self, request: Request) -> Response:
-        control = self.state.control(request)
-        if control is not None:
-            return control
-        if self.state.plan.latency_ms:
-            await asyncio.sleep(self.state.plan.latency_ms / 1000)
+    def route(self, request: Request) -> Response:
         if request.method != "POST":
             return self._error(405, "MethodNotAllowed")
         if not request.path.startswith("/3/device/"):

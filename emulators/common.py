@@ -1,8 +1,10 @@
-"""What both emulators share: the received log, the fault plan, and the control endpoints
-(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`)."""
+"""What both emulators share: the received log, the fault plan, the control endpoints
+(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`), and
+the request cycle around each provider's own API (`ProviderEmulator`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -80,6 +82,27 @@ class EmulatorState:
         if what == "stats" and request.method == "GET":
             return _json(200, {"total": len(self.received), "by_status": dict(self.stats)})
         return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
+
+
+class ProviderEmulator:
+    """The part of answering a request that does not depend on the provider: control
+    endpoints first (never delayed, so a test can always reset or read the log), then the
+    plan's latency, then the provider's own API in `route`."""
+
+    def __init__(self) -> None:
+        self.state = EmulatorState()
+
+    async def handle(self, request: Request) -> Response:
+        control = self.state.control(request)
+        if control is not None:
+            return control
+        if self.state.plan.latency_ms:
+            await asyncio.sleep(self.state.plan.latency_ms / 1000)
+        return self.route(request)
+
+    def route(self, request: Request) -> Response:
+        """Abstract: the provider's answer to a request of its own API."""
+        raise NotImplementedError(f"{type(self).__name__} must define route()")
 
 
 def _json(status: int, body: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -10,7 +10,6 @@ UNAUTHENTICATED 401, SENDER_ID_MISMATCH 403).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
@@ -22,7 +21,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from emulators.common import EmulatorState, json_response, retry_after_header
+from emulators.common import ProviderEmulator, json_response, retry_after_header
 from emulators.h2server import Request, Response
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,}:[A-Za-z0-9_\-]{20,4000}$")
@@ -43,20 +42,15 @@ ERRORS = {
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
 
-class FcmEmulator:
+class FcmEmulator(ProviderEmulator):
     def __init__(self, project_id: str, public_key_pem: bytes, token_uri: str) -> None:
+        super().__init__()
         self.project_id = project_id
         self.public_key = public_key_pem
         self.token_uri = token_uri
-        self.state = EmulatorState()
         self.access_tokens: set[str] = set()
 
-    async def handle(self, request: Request) -> Response:
-        control = self.state.control(request)
-        if control is not None:
-            return control
-        if self.state.plan.latency_ms:
-            await asyncio.sleep(self.state.plan.latency_ms / 1000)
+    def route(self, request: Request) -> Response:
         if request.path == "/token" and request.method == "POST":
             return self._token(request)
         match = _SEND.match(request.path)

@@ -22,7 +22,8 @@ random variant policy and Thompson sampling without the ranker's scores.
 
 The ranker never sees the ground truth; only this evaluator does. With `out_dir`, writes
 `lift.png` (expected clicks vs audience share, 4 curves), `calibration.png` (predicted vs
-observed P(opened)) and `regret.png` (cumulative regret per round), and `evaluation.json`.
+observed P(opened)) and `regret.png` (cumulative regret per round; `models.evaluation_plots`),
+and `evaluation.json`.
 
     python -m models.evaluate [--model FILE] [--users 50000] [--out DIR]
 """
@@ -31,17 +32,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from cluster.vocabulary import CATEGORIES
 from models import synth
 from models.bandit import choose_variants
+from models.evaluation_plots import write_plots
+from models.metrics import calibration_table, classification_metrics
 from models.ranker import Ranker, load_ranker
 from models.train_default import VARIANTS, hour_utc, simulated_sends, world
-from models.training import calibration_table, classification_metrics, synthetic_population
+from models.training_data import synthetic_population
 
 EVAL_SEED = 20_261_125  # neither the default training (7 / 8) nor test seeds
 # 2026-11-03 19:30 UTC: evening in Europe, midday in the Americas, night in Asia.
@@ -96,6 +101,11 @@ def _campaign_curves(
     return curves
 
 
+# A variant policy of the bandit comparison: (rows of this round, [opens, non-opens] per
+# variant so far or None before any feedback) → the variant index chosen per row.
+Policy = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
 def _bandit_regret(
     ranker: Ranker,
     users: pl.DataFrame,
@@ -116,16 +126,6 @@ def _bandit_regret(
     picks = [rng.choice(n, size=size, replace=False) for _ in range(rounds)]
     p_open, _ = _truth(users, category, now)
     scores = ranker.score(users, VARIANTS, category=category, now=now)
-    v = VARIANTS.height
-    policies = {
-        "bandit": lambda rows, stats: choose_variants(
-            scores[rows], stats, exploration=exploration, rng=rng
-        ),
-        "thompson_only": lambda rows, stats: choose_variants(
-            np.ones((len(rows), v)), stats, exploration=exploration, rng=rng
-        ),
-        "uniform_random": lambda rows, stats: rng.integers(0, v, size=len(rows)),
-    }
     # The best fixed variant in hindsight: the most expected opens over all rounds' users.
     all_rows = np.concatenate(picks)
     best_fixed = int(p_open[all_rows].sum(axis=0).argmax())
@@ -137,32 +137,62 @@ def _bandit_regret(
         "best_fixed_variant": str(VARIANTS["style"][best_fixed]),
         "best_fixed_expected_opens": float(p_open[all_rows, best_fixed].sum()),
     }
-    for name, policy in policies.items():
-        stats = np.zeros((v, 2))
-        cumulative, regret, opens = [], 0.0, 0.0
-        shares = np.zeros(v)
-        for rows in picks:
-            chosen = policy(rows, stats if stats.sum() else None)
-            p = p_open[rows, chosen]
-            opened = rng.random(len(rows)) < p  # simulated feedback
-            sends = np.bincount(chosen, minlength=v)
-            wins = np.bincount(chosen, weights=opened, minlength=v)
-            stats[:, 0] += wins
-            stats[:, 1] += sends - wins
-            shares += sends
-            regret += float(p_open[rows, best_fixed].sum() - p.sum())
-            opens += float(p.sum())
-            cumulative.append(regret)
-        result[name] = {
-            "cumulative_regret": regret,
-            "regret_per_round": cumulative,
-            "expected_opens": opens,
-            "variant_share": {
-                str(s): float(c)
-                for s, c in zip(VARIANTS["style"], shares / shares.sum(), strict=True)
-            },
-        }
+    for name, policy in _variant_policies(scores, exploration, rng).items():
+        result[name] = _play(policy, picks, p_open, best_fixed, rng)
     return result
+
+
+def _variant_policies(
+    scores: np.ndarray, exploration: float, rng: np.random.Generator
+) -> dict[str, Policy]:
+    """The policies compared: what the ranker adds to Thompson sampling shows as the gap
+    between the first two, what learning adds at all as the gap to the third."""
+    v = VARIANTS.height
+    return {
+        "bandit": lambda rows, stats: choose_variants(
+            scores[rows], stats, exploration=exploration, rng=rng
+        ),
+        "thompson_only": lambda rows, stats: choose_variants(
+            np.ones((len(rows), v)), stats, exploration=exploration, rng=rng
+        ),
+        "uniform_random": lambda rows, stats: rng.integers(0, v, size=len(rows)),
+    }
+
+
+def _play(
+    policy: Policy,
+    picks: list[np.ndarray],
+    p_open: np.ndarray,
+    best_fixed: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """One policy over the rounds (`picks`: each round's users): it chooses, opens are drawn
+    from the world's P(opened) and fed back as [opens, non-opens] per variant before the
+    next round; regret is counted in expected opens, so the draws only steer learning."""
+    v = VARIANTS.height
+    stats = np.zeros((v, 2))
+    cumulative, regret, opens = [], 0.0, 0.0
+    shares = np.zeros(v)
+    for rows in picks:
+        chosen = policy(rows, stats if stats.sum() else None)
+        p = p_open[rows, chosen]
+        opened = rng.random(len(rows)) < p  # simulated feedback
+        sends = np.bincount(chosen, minlength=v)
+        wins = np.bincount(chosen, weights=opened, minlength=v)
+        stats[:, 0] += wins
+        stats[:, 1] += sends - wins
+        shares += sends
+        regret += float(p_open[rows, best_fixed].sum() - p.sum())
+        opens += float(p.sum())
+        cumulative.append(regret)
+    return {
+        "cumulative_regret": regret,
+        "regret_per_round": cumulative,
+        "expected_opens": opens,
+        "variant_share": {
+            str(s): float(c) for s, c in zip(VARIANTS["style"], shares / shares.sum(), strict=True)
+        },
+    }
 
 
 def evaluate(
@@ -172,7 +202,7 @@ def evaluate(
     seed: int = EVAL_SEED,
     out_dir: Path | None = None,
     now: float = EVAL_NOW,
-    categories: tuple[str, ...] = synth.CATEGORIES,
+    categories: tuple[str, ...] = CATEGORIES,
     bandit_rounds: int = BANDIT_ROUNDS,
     bandit_batch: int = BANDIT_BATCH,
 ) -> dict[str, Any]:
@@ -180,48 +210,7 @@ def evaluate(
     campaign per category at `now`; see the module docstring. Returns a JSON-able dict."""
     population = synthetic_population(users, seed)
     n = population.height
-    recency_order = np.argsort(
-        -population["last_active_at"].cast(pl.Float64).fill_null(-np.inf).to_numpy(),
-        kind="stable",
-    )
-    totals: dict[str, dict[str, np.ndarray]] = {
-        p: {"opens": np.zeros(n + 1), "clicks": np.zeros(n + 1)} for p in POLICIES
-    }
-    per_category: dict[str, dict[str, float]] = {}
-    ks = {share: max(1, int(round(share * n))) for share in AUDIENCE_SHARES}
-    k20 = max(1, int(round(HEADLINE_SHARE * n)))
-    for category in categories:
-        curves = _campaign_curves(ranker, population, category, now, recency_order)
-        for policy in POLICIES:
-            for metric in ("opens", "clicks"):
-                totals[policy][metric] += curves[policy][metric]
-        per_category[category] = {
-            "lift_vs_random": float(
-                curves["ranker"]["opens"][k20] / curves["random"]["opens"][k20]
-            ),
-            "share_of_oracle": float(
-                curves["ranker"]["opens"][k20] / curves["oracle"]["opens"][k20]
-            ),
-        }
-    campaigns = len(categories)
-    audiences = {}
-    for share, k in ks.items():
-        audiences[f"{share:.0%}"] = {
-            "k": k,
-            **{
-                policy: {
-                    "precision": float(totals[policy]["opens"][k] / (k * campaigns)),
-                    "expected_opens": float(totals[policy]["opens"][k]),
-                    "expected_clicks": float(totals[policy]["clicks"][k]),
-                }
-                for policy in POLICIES
-            },
-        }
-    head = {p: totals[p] for p in POLICIES}
-
-    def ratio(a: str, b: str, metric: str) -> float:
-        return float(head[a][metric][k20] / head[b][metric][k20])
-
+    totals, per_category = _campaigns(ranker, population, categories, now)
     x, y, p_true = simulated_sends(population, seed=seed + 1)
     predicted = ranker.predict(x)
     fit = classification_metrics(predicted, y)
@@ -242,12 +231,8 @@ def evaluate(
         "seed": seed,
         "now": now,
         "categories": list(categories),
-        "audiences": audiences,
-        "lift_vs_random": ratio("ranker", "random", "opens"),
-        "share_of_oracle": ratio("ranker", "oracle", "opens"),
-        "recency_lift_vs_random": ratio("recency", "random", "opens"),
-        "clicks_lift_vs_random": ratio("ranker", "random", "clicks"),
-        "clicks_share_of_oracle": ratio("ranker", "oracle", "clicks"),
+        "audiences": _audiences(totals, n, campaigns=len(categories)),
+        **_headline(totals, _headline_k(n)),
         "per_category_at_20%": per_category,
         "auc": fit["auc"],
         "log_loss": fit["log_loss"],
@@ -260,79 +245,81 @@ def evaluate(
         "bandit": regret,
     }
     if out_dir is not None:
-        result["plots"] = write_plots(result, totals, Path(out_dir))
-        (Path(out_dir) / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+        out = Path(out_dir)
+        result["plots"] = write_plots(result, totals, out, audience_shares=AUDIENCE_SHARES)
+        (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def write_plots(
-    result: dict[str, Any], totals: dict[str, dict[str, np.ndarray]], out_dir: Path
-) -> dict[str, str]:
-    """lift.png, calibration.png and regret.png into `out_dir`; returns their paths."""
-    import matplotlib
+def _headline_k(n: int) -> int:
+    """The audience size of the headline figures: `HEADLINE_SHARE` of `n` users, at least 1."""
+    return max(1, int(round(HEADLINE_SHARE * n)))
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    version = result["model_version"]
-    n = result["users"]
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    share = np.arange(n + 1) / n
-    styles = {"ranker": "-", "random": ":", "recency": "-.", "oracle": "--"}
-    for policy in POLICIES:
-        ax.plot(share * 100, totals[policy]["clicks"], styles[policy], label=policy)
-    for s in AUDIENCE_SHARES:
-        ax.axvline(s * 100, color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel("audience (% of users, best first)")
-    ax.set_ylabel(f"expected clicks ({len(result['categories'])} campaigns)")
-    ax.set_title(
-        f"{version}: lift at 20 % {result['clicks_lift_vs_random']:.2f}× random (clicks), "
-        f"{result['share_of_oracle']:.1%} of oracle (opens)",
-        fontsize=9,
+def _campaigns(
+    ranker: Ranker, population: pl.DataFrame, categories: tuple[str, ...], now: float
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
+    """One campaign per category: (per policy, cumulative expected opens and clicks summed
+    over the campaigns; per category, the ranker's lift and share of oracle at the
+    headline audience)."""
+    n = population.height
+    recency_order = np.argsort(
+        -population["last_active_at"].cast(pl.Float64).fill_null(-np.inf).to_numpy(),
+        kind="stable",
     )
-    ax.legend()
-    ax.grid(alpha=0.3)
-    paths["lift"] = str(out_dir / "lift.png")
-    fig.tight_layout()
-    fig.savefig(paths["lift"], dpi=110)
-    plt.close(fig)
+    totals: dict[str, dict[str, np.ndarray]] = {
+        p: {"opens": np.zeros(n + 1), "clicks": np.zeros(n + 1)} for p in POLICIES
+    }
+    per_category: dict[str, dict[str, float]] = {}
+    k20 = _headline_k(n)
+    for category in categories:
+        curves = _campaign_curves(ranker, population, category, now, recency_order)
+        for policy in POLICIES:
+            for metric in ("opens", "clicks"):
+                totals[policy][metric] += curves[policy][metric]
+        opens = {policy: curves[policy]["opens"][k20] for policy in ("ranker", "random", "oracle")}
+        per_category[category] = {
+            "lift_vs_random": float(opens["ranker"] / opens["random"]),
+            "share_of_oracle": float(opens["ranker"] / opens["oracle"]),
+        }
+    return totals, per_category
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    table = result["calibration"]
-    predicted = [b["mean_predicted"] for b in table]
-    top = max(max(predicted), max(b["observed_rate"] for b in table)) * 1.05
-    ax.plot([0, top], [0, top], "--", color="0.6", label="perfect")
-    ax.plot(predicted, [b["observed_rate"] for b in table], "o-", label="observed opens")
-    ax.plot(predicted, [b["true_probability"] for b in table], "x:", label="true P(opened)")
-    ax.set_xlabel("mean predicted P(opened), per decile")
-    ax.set_ylabel("observed open rate")
-    ax.set_title(f"{version}: AUC {result['auc']:.3f}, ECE {result['ece']:.4f}", fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    paths["calibration"] = str(out_dir / "calibration.png")
-    fig.tight_layout()
-    fig.savefig(paths["calibration"], dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    bandit = result["bandit"]
-    for name in ("bandit", "thompson_only", "uniform_random"):
-        curve = bandit[name]["regret_per_round"]
-        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_xlabel(f"round ({bandit['batch']} users each)")
-    ax.set_ylabel("cumulative expected regret (opens)")
-    ax.set_title(f"vs best fixed variant ({bandit['best_fixed_variant']})", fontsize=9)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    paths["regret"] = str(out_dir / "regret.png")
-    fig.tight_layout()
-    fig.savefig(paths["regret"], dpi=110)
-    plt.close(fig)
-    return paths
+def _audiences(
+    totals: dict[str, dict[str, np.ndarray]], n: int, *, campaigns: int
+) -> dict[str, dict[str, Any]]:
+    """Per audience share: its size k and, per policy, precision@k (expected share of the k
+    that open, over all campaigns), expected opens and expected clicks."""
+    audiences = {}
+    for share in AUDIENCE_SHARES:
+        k = max(1, int(round(share * n)))
+        audiences[f"{share:.0%}"] = {
+            "k": k,
+            **{
+                policy: {
+                    "precision": float(totals[policy]["opens"][k] / (k * campaigns)),
+                    "expected_opens": float(totals[policy]["opens"][k]),
+                    "expected_clicks": float(totals[policy]["clicks"][k]),
+                }
+                for policy in POLICIES
+            },
+        }
+    return audiences
+
+
+def _headline(totals: dict[str, dict[str, np.ndarray]], k: int) -> dict[str, float]:
+    """The ratios reported at the headline audience of `k` users."""
+
+    def ratio(a: str, b: str, metric: str) -> float:
+        return float(totals[a][metric][k] / totals[b][metric][k])
+
+    return {
+        "lift_vs_random": ratio("ranker", "random", "opens"),
+        "share_of_oracle": ratio("ranker", "oracle", "opens"),
+        "recency_lift_vs_random": ratio("recency", "random", "opens"),
+        "clicks_lift_vs_random": ratio("ranker", "random", "clicks"),
+        "clicks_share_of_oracle": ratio("ranker", "oracle", "clicks"),
+    }
 
 
 def describe(result: dict[str, Any]) -> str:

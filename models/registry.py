@@ -71,6 +71,29 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _stage_archive(model_or_path: Any, archive: Path, *, metrics: dict, trained_on: str) -> dict:
+    """Put the model's skops archive at `archive` and return its metadata so far: a file's
+    own metadata JSON (or none, then the current feature version is assumed and checked
+    when the archive is validated) with its `source`, or what `save_ranker` writes for an
+    estimator or a `Ranker`."""
+    if not isinstance(model_or_path, str | os.PathLike):
+        save_ranker(model_or_path, archive, metrics=metrics, trained_on=trained_on)
+        return json.loads(metadata_path(archive).read_text())
+    source = Path(model_or_path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no model archive at {source}")
+    shutil.copyfile(source, archive)
+    try:
+        meta = json.loads(metadata_path(source).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    meta.setdefault("feature_version", FEATURE_VERSION)
+    meta["source"] = str(source)
+    return meta
+
+
 class Registry:
     """Versioned ranker archives under `root`; see the module docstring for the layout."""
 
@@ -147,22 +170,7 @@ class Registry:
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
         try:
             archive = staging / ARCHIVE
-            if isinstance(model_or_path, str | os.PathLike):
-                source = Path(model_or_path)
-                if not source.is_file():
-                    raise FileNotFoundError(f"no model archive at {source}")
-                shutil.copyfile(source, archive)
-                try:
-                    meta = json.loads(metadata_path(source).read_text())
-                except (OSError, ValueError):
-                    meta = {}
-                if not isinstance(meta, dict):
-                    meta = {}
-                meta.setdefault("feature_version", FEATURE_VERSION)
-                meta["source"] = str(source)
-            else:
-                save_ranker(model_or_path, archive, metrics=metrics, trained_on=trained_on)
-                meta = json.loads(metadata_path(archive).read_text())
+            meta = _stage_archive(model_or_path, archive, metrics=metrics, trained_on=trained_on)
             sha = _sha256(archive)
             if meta.get("sha256") not in (None, sha):
                 raise ValueError(
@@ -182,16 +190,21 @@ class Registry:
                 meta["data_range"] = data_range
             (staging / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             self._validate(archive, version)  # refuse what could never be deployed
-            with self._locked():
-                target = self.versions_dir / version
-                if (target / ARCHIVE).is_file():
-                    return version  # the same bytes are already registered
-                if target.exists():  # a half-written leftover: replace it
-                    shutil.rmtree(target)
-                os.rename(staging, target)
-                return version
+            return self._publish(staging, version)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _publish(self, staging: Path, version: str) -> str:
+        """Move a complete staging directory into place as `versions/<version>` under the
+        lock: one rename, so readers see the whole version or none of it."""
+        with self._locked():
+            target = self.versions_dir / version
+            if (target / ARCHIVE).is_file():
+                return version  # the same bytes are already registered
+            if target.exists():  # a half-written leftover: replace it
+                shutil.rmtree(target)
+            os.rename(staging, target)
+            return version
 
     def list(self) -> list[dict[str, Any]]:
         """Metadata of every registered version, newest first, each with `current`."""

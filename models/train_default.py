@@ -25,6 +25,7 @@ import polars as pl
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
+from cluster.vocabulary import CATEGORIES, VARIANT_STYLES
 from models import synth
 from models.features import FEATURE_COLUMNS, features
 from models.ranker import DEFAULT_PATH, Ranker, save_ranker
@@ -36,9 +37,7 @@ HOLDOUT_USERS = 200_000
 HOURS = 24
 REGULARIZATION_C = 10.0
 
-VARIANTS = pl.DataFrame(
-    {"variant_id": list(synth.VARIANT_STYLES), "style": list(synth.VARIANT_STYLES)}
-)
+VARIANTS = pl.DataFrame({"variant_id": list(VARIANT_STYLES), "style": list(VARIANT_STYLES)})
 
 
 def world(now: float) -> dict[str, Any]:
@@ -73,16 +72,16 @@ def simulated_sends(
     style and send hour in the 24 hours from `start`."""
     rng = np.random.default_rng(seed)
     n = users.height
-    group = rng.integers(0, HOURS * len(synth.CATEGORIES), size=n)
+    group = rng.integers(0, HOURS * len(CATEGORIES), size=n)
     style = rng.integers(0, VARIANTS.height, size=n)
-    minutes = rng.uniform(0, 3600, size=HOURS * len(synth.CATEGORIES))
+    minutes = rng.uniform(0, 3600, size=HOURS * len(CATEGORIES))
     xs, ys, ps = [], [], []
-    for g in range(HOURS * len(synth.CATEGORIES)):  # a loop over groups, not users
+    for g in range(HOURS * len(CATEGORIES)):  # a loop over groups, not users
         rows = np.flatnonzero(group == g)
         if len(rows) == 0:
             continue
-        hour, category = divmod(g, len(synth.CATEGORIES))
-        category_name = synth.CATEGORIES[category]
+        hour, category = divmod(g, len(CATEGORIES))
+        category_name = CATEGORIES[category]
         now = start + hour * 3600.0 + minutes[g]
         chunk = users[rows]
         xs.append(training_rows(chunk, VARIANTS, style[rows], category=category_name, now=now))
@@ -157,7 +156,7 @@ def train(
     ranker = Ranker(model, version="candidate")
     lift = {
         c: targeting(ranker, holdout_pop, category=c, now=synth.REFERENCE_TIME + 19.5 * 3600)
-        for c in synth.CATEGORIES
+        for c in CATEGORIES
     }
     metrics: dict[str, Any] = {
         "target": "opened",

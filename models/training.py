@@ -1,22 +1,7 @@
 """Train a ranker from a feedback log (or from simulated feedback), with a time-based hold-out.
 
-The feedback log
-----------------
-One row per send; the contract the cluster side writes and `train` reads:
-
-- the users-frame columns the feature contract reads (`models.features`): `user_id`,
-  `timezone`, `country`, `attributes` (Struct or JSON string), `platforms` (List[String]),
-  `last_active_at` (Float64 epoch s), `affinity_<category>` (Float32) — as they were at the
-  send;
-- `sent_at` Float64 epoch seconds (UTC), `category` String, `style` String (the variant's
-  style, `models.synth.VARIANT_STYLES`; unknown → "plain"), `opened` Boolean; optional
-  extra columns (`clicked`, `notification_id`, `variant_id`, `campaign_id`, ...) are kept and
-  ignored by training.
-
-On disk (`write_feedback_log` / `read_feedback_log`) it is a Parquet dataset partitioned by
-the UTC day of `sent_at`, hive style: `<dir>/day=YYYY-MM-DD/<part>.parquet`. Writers add
-new files (a unique name per write, renamed into place when complete), never rewrite old
-ones; readers may filter whole days.
+What a feedback log holds, how it is stored and how one is simulated: `models.training_data`
+(its names are re-exported here). The metrics: `models.metrics`.
 
 Training
 --------
@@ -38,176 +23,63 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-import uuid
-from datetime import UTC, date, datetime
-from functools import lru_cache
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
-from models import synth
 from models.features import FEATURE_COLUMNS, FEATURE_VERSION
-from models.train_default import REGULARIZATION_C, VARIANTS, hour_utc, training_rows, world
-
-DEFAULT_SEED = 7
-DEFAULT_SYNTH_USERS = 200_000
-SIMULATED_DAYS = 7
-TIME_BUCKET_S = 300.0
-CALIBRATION_BINS = 10
-
-# What `features` reads from a user row; the log carries these as of the send.
-USER_LOG_COLUMNS: tuple[str, ...] = (
-    "user_id",
-    "timezone",
-    "country",
-    "attributes",
-    "platforms",
-    "last_active_at",
-    *(f"affinity_{c}" for c in synth.CATEGORIES),
+from models.metrics import (
+    CALIBRATION_BINS,
+    calibration_table,
+    classification_metrics,
+    expected_calibration_error,
 )
-SEND_LOG_COLUMNS: tuple[str, ...] = ("sent_at", "category", "style", "opened")
-REQUIRED_COLUMNS: tuple[str, ...] = ("user_id", *SEND_LOG_COLUMNS)
+from models.ranker import save_ranker
+from models.train_default import REGULARIZATION_C, VARIANTS, training_rows
+from models.training_data import (
+    DEFAULT_SEED,
+    REQUIRED_COLUMNS,
+    SEND_LOG_COLUMNS,
+    SIMULATED_DAYS,
+    USER_LOG_COLUMNS,
+    read_feedback_log,
+    simulate_feedback_log,
+    synthetic_population,
+    write_feedback_log,
+)
+
+# The data and metric names callers have always imported from here.
+__all__ = [
+    "CALIBRATION_BINS",
+    "DEFAULT_SEED",
+    "DEFAULT_SYNTH_USERS",
+    "REQUIRED_COLUMNS",
+    "SEND_LOG_COLUMNS",
+    "SIMULATED_DAYS",
+    "TIME_BUCKET_S",
+    "USER_LOG_COLUMNS",
+    "calibration_table",
+    "classification_metrics",
+    "describe",
+    "expected_calibration_error",
+    "log_features",
+    "read_feedback_log",
+    "simulate_feedback_log",
+    "synthetic_population",
+    "train",
+    "write_feedback_log",
+]
+
+DEFAULT_SYNTH_USERS = 200_000
+TIME_BUCKET_S = 300.0
 
 
-# --- the feedback log on disk --------------------------------------------------------------
-
-
-def _day_column(rows: pl.DataFrame) -> pl.Expr:
-    return (
-        pl.from_epoch(pl.col("sent_at").cast(pl.Float64).mul(1e6).cast(pl.Int64), time_unit="us")
-        .dt.strftime("%Y-%m-%d")
-        .alias("day")
-    )
-
-
-def write_feedback_log(rows: pl.DataFrame, path: Path) -> Path:
-    """Append `rows` (a feedback log frame, see the module docstring) to the day-partitioned
-    Parquet dataset at `path` (`path/day=YYYY-MM-DD/part-<uuid>.parquet`); returns `path`.
-    Each file is written under a hidden temporary name and renamed when complete, so a
-    reader never sees a partial file."""
-    path = Path(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows.columns]
-    if missing:
-        raise ValueError(f"feedback rows lack column(s) {missing}")
-    if "day" in rows.columns:
-        rows = rows.drop("day")
-    if rows.height == 0:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    part = uuid.uuid4().hex
-    for (day,), chunk in (
-        rows.with_columns(_day_column(rows))
-        .partition_by("day", as_dict=True, maintain_order=True)
-        .items()
-    ):
-        folder = path / f"day={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".part-{part}.parquet.tmp"
-        chunk.drop("day").write_parquet(tmp)
-        tmp.rename(folder / f"part-{part}.parquet")
-    return path
-
-
-def read_feedback_log(
-    path: Path, *, since: date | str | None = None, until: date | str | None = None
-) -> pl.DataFrame:
-    """The feedback log at `path` (written by `write_feedback_log`), days `since`..`until`
-    inclusive (UTC `YYYY-MM-DD`; None → unbounded): other days' partitions are not read.
-    Files may differ in columns (e.g. only the campaign category's `affinity_<category>`):
-    a column missing from a file reads as null there. The `day` partition column is not
-    returned."""
-    path = Path(path)
-    files = []
-    for folder in sorted(path.glob("day=*")):
-        day = folder.name.removeprefix("day=")
-        if (since is not None and day < str(since)) or (until is not None and day > str(until)):
-            continue
-        files.extend(sorted(folder.glob("*.parquet")))
-    if not files:
-        raise FileNotFoundError(
-            f"no feedback log files (day=YYYY-MM-DD/*.parquet) in {path}"
-            + (f" from {since} to {until}" if since is not None or until is not None else "")
-        )
-    frames = [pl.scan_parquet(f) for f in files]
-    return pl.concat(frames, how="diagonal_relaxed").collect()
-
-
-# --- simulated feedback ----------------------------------------------------------------------
-
-_world = lru_cache(maxsize=512)(world)  # the simulated world at a send time (read only)
-
-
-def synthetic_population(users: int, seed: int) -> pl.DataFrame:
-    """A `models.synth` population (the snapshot frame with `timezone`), in memory."""
-    with tempfile.TemporaryDirectory() as tmp:
-        synth.synthesize(users, seed, Path(tmp))
-        return synth.load_population(Path(tmp))
-
-
-def simulate_feedback_log(
-    users: pl.DataFrame | int,
-    *,
-    seed: int = DEFAULT_SEED,
-    days: int = SIMULATED_DAYS,
-    start: float = synth.REFERENCE_TIME,
-) -> pl.DataFrame:
-    """A feedback log of one send per user of `users` (a population frame, or a number of
-    synthetic users drawn with `seed`): a random category, a uniformly random variant style
-    (the logging policy) and a send time spread over `days` days from `start` — one send
-    time per (day, hour, category), as a campaign batch shares its `now`. `opened` /
-    `clicked` are drawn from the simulated world (`models.synth`) with its clock at the
-    send. Rows are in `sent_at` order."""
-    if isinstance(users, int):
-        users = synthetic_population(users, seed)
-    rng = np.random.default_rng(seed)
-    n = users.height
-    n_cat = len(synth.CATEGORIES)
-    n_groups = days * 24 * n_cat
-    group = rng.integers(0, n_groups, size=n)
-    style = rng.integers(0, VARIANTS.height, size=n)
-    # One send time per (day, hour) slot, shared by its categories (campaign batches at
-    # the same moment): the world and the features' zone offsets are computed once per slot.
-    minutes = rng.uniform(0, 3600, size=days * 24)
-    user_columns = [c for c in USER_LOG_COLUMNS if c in users.columns]
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
-    frames = []
-    for g in range(n_groups):  # a loop over send batches, not users
-        rows = order[bounds[g] : bounds[g + 1]]
-        if len(rows) == 0:
-            continue
-        slot, category_index = divmod(g, n_cat)
-        category = synth.CATEGORIES[category_index]
-        now = start + slot * 3600.0 + minutes[slot]
-        chunk = users[rows]
-        styles = VARIANTS["style"].gather(style[rows])
-        feedback = synth.simulate_feedback(
-            chunk,
-            category,
-            styles,
-            hour_utc(now),
-            seed=int(rng.integers(2**31)),
-            model=_world(now),
-        )
-        frames.append(
-            chunk.select(user_columns).with_columns(
-                pl.lit(now, dtype=pl.Float64).alias("sent_at"),
-                pl.lit(category, dtype=pl.String).alias("category"),
-                styles.alias("style"),
-                feedback["opened"],
-                feedback["clicked"],
-            )
-        )
-    return pl.concat(frames, how="vertical")
-
-
-# --- features and metrics ----------------------------------------------------------------------
+# --- features ------------------------------------------------------------------------------------
 
 
 def log_features(rows: pl.DataFrame, *, bucket_s: float = TIME_BUCKET_S) -> np.ndarray:
@@ -245,64 +117,6 @@ def log_features(rows: pl.DataFrame, *, bucket_s: float = TIME_BUCKET_S) -> np.n
     return out
 
 
-def calibration_table(
-    predicted: np.ndarray, observed: np.ndarray, bins: int = CALIBRATION_BINS
-) -> list[dict[str, float]]:
-    """Equal-count bins of the predicted probability (deciles by default): per bin its
-    range, count, mean predicted and observed rate."""
-    predicted = np.asarray(predicted, dtype=np.float64)
-    observed = np.asarray(observed, dtype=np.float64)
-    if len(predicted) == 0:
-        return []
-    order = np.argsort(predicted, kind="stable")
-    table = []
-    for i, rows in enumerate(np.array_split(order, bins)):
-        if len(rows) == 0:
-            continue
-        table.append(
-            {
-                "bin": i,
-                "count": int(len(rows)),
-                "predicted_from": float(predicted[rows[0]]),
-                "predicted_to": float(predicted[rows[-1]]),
-                "mean_predicted": float(predicted[rows].mean()),
-                "observed_rate": float(observed[rows].mean()),
-            }
-        )
-    return table
-
-
-def expected_calibration_error(table: list[dict[str, float]]) -> float:
-    total = sum(b["count"] for b in table)
-    if not total:
-        return float("nan")
-    return float(
-        sum(b["count"] * abs(b["mean_predicted"] - b["observed_rate"]) for b in table) / total
-    )
-
-
-def classification_metrics(predicted: np.ndarray, observed: np.ndarray) -> dict[str, Any]:
-    """AUC, log-loss, Brier, calibration table and ECE of P(opened) against outcomes."""
-    observed = np.asarray(observed).astype(np.int64)
-    predicted = np.clip(np.asarray(predicted, dtype=np.float64), 1e-12, 1 - 1e-12)
-    both = len(np.unique(observed)) == 2
-    table = calibration_table(predicted, observed)
-    return {
-        "rows": int(len(observed)),
-        "open_rate": float(observed.mean()) if len(observed) else float("nan"),
-        "mean_predicted": float(predicted.mean()) if len(predicted) else float("nan"),
-        "auc": float(roc_auc_score(observed, predicted)) if both else float("nan"),
-        "log_loss": float(log_loss(observed, predicted, labels=[0, 1])) if len(observed) else 0,
-        "brier": float(brier_score_loss(observed, predicted)) if len(observed) else 0,
-        "calibration": table,
-        "ece": expected_calibration_error(table),
-    }
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="seconds")
-
-
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -323,6 +137,48 @@ def train(
     if not 0.0 < holdout_share < 1.0:
         raise ValueError(f"holdout_share must be within (0, 1), got {holdout_share}")
     started = time.perf_counter()
+    rows, source = _usable_rows(rows, synth_users, seed)
+    data_s = time.perf_counter() - started
+
+    t0 = time.perf_counter()
+    x = log_features(rows)
+    y = rows["opened"].cast(pl.Int64).to_numpy()
+    features_s = time.perf_counter() - t0
+
+    ordered, cutoff, holdout = _time_split(
+        rows["sent_at"].cast(pl.Float64).to_numpy(), y, holdout_share
+    )
+    train_rows = ~holdout
+    t0 = time.perf_counter()
+    model = LogisticRegression(C=C, max_iter=2000, tol=1e-6)
+    model.fit(x[train_rows], y[train_rows])
+    fit_s = time.perf_counter() - t0
+
+    predicted = model.predict_proba(x)[:, list(model.classes_).index(1)]
+    metrics: dict[str, Any] = {
+        "target": "opened",
+        "feature_version": FEATURE_VERSION,
+        "source": source,
+        "rows": int(rows.height),
+        **_split_metrics(predicted, y, holdout, holdout_share),
+        "data_range": _data_range(ordered, cutoff),
+        "coefficients": dict(zip(FEATURE_COLUMNS, map(float, model.coef_[0]), strict=True)),
+        "intercept": float(model.intercept_[0]),
+        "regularization_C": C,
+        "data_seconds": round(data_s, 2),
+        "features_seconds": round(features_s, 2),
+        "fit_seconds": round(fit_s, 2),
+        "train_seconds": round(features_s + fit_s, 2),
+    }
+    return model, metrics
+
+
+def _usable_rows(
+    rows: pl.DataFrame | None, synth_users: int | None, seed: int
+) -> tuple[pl.DataFrame, str]:
+    """(the sends to train on, where they came from): the given log, or a simulated one
+    when there is none, without the rows that lack a send time or an outcome. Refuses a
+    log without the required columns or with too few rows to split in time."""
     if rows is None:
         users = synth_users or DEFAULT_SYNTH_USERS
         rows = simulate_feedback_log(users, seed=seed)
@@ -335,14 +191,15 @@ def train(
     rows = rows.filter(pl.col("sent_at").is_not_null() & pl.col("opened").is_not_null())
     if rows.height < 10:
         raise ValueError(f"{rows.height} usable feedback rows: too few to train on")
-    data_s = time.perf_counter() - started
+    return rows, source
 
-    t0 = time.perf_counter()
-    x = log_features(rows)
-    y = rows["opened"].cast(pl.Int64).to_numpy()
-    features_s = time.perf_counter() - t0
 
-    sent_at = rows["sent_at"].cast(pl.Float64).to_numpy()
+def _time_split(
+    sent_at: np.ndarray, y: np.ndarray, holdout_share: float
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """(sent_at sorted, cut-off time, hold-out mask): every send at or after the cut-off is
+    held out, so the model is judged on sends later than any it learnt from — as it will
+    be used. Refuses a split that leaves either side empty or the training side one-class."""
     ordered = np.sort(sent_at)
     cutoff = float(ordered[min(len(ordered) - 1, int(len(ordered) * (1.0 - holdout_share)))])
     holdout = sent_at >= cutoff
@@ -351,20 +208,17 @@ def train(
         raise ValueError("the time-based split left no training or no hold-out rows")
     if len(np.unique(y[train_rows])) < 2:
         raise ValueError("the training sends are all opened or all not opened")
+    return ordered, cutoff, holdout
 
-    t0 = time.perf_counter()
-    model = LogisticRegression(C=C, max_iter=2000, tol=1e-6)
-    model.fit(x[train_rows], y[train_rows])
-    fit_s = time.perf_counter() - t0
 
-    predicted = model.predict_proba(x)[:, list(model.classes_).index(1)]
+def _split_metrics(
+    predicted: np.ndarray, y: np.ndarray, holdout: np.ndarray, holdout_share: float
+) -> dict[str, Any]:
+    """The hold-out and training-side metrics under the names `train` reports them."""
+    train_rows = ~holdout
     held = classification_metrics(predicted[holdout], y[holdout])
     fitted = classification_metrics(predicted[train_rows], y[train_rows])
-    metrics: dict[str, Any] = {
-        "target": "opened",
-        "feature_version": FEATURE_VERSION,
-        "source": source,
-        "rows": int(rows.height),
+    return {
         "train_rows": int(train_rows.sum()),
         "holdout_rows": int(holdout.sum()),
         "holdout_share": holdout_share,
@@ -378,23 +232,24 @@ def train(
         "train_auc": fitted["auc"],
         "train_log_loss": fitted["log_loss"],
         "train_open_rate": fitted["open_rate"],
-        "data_range": {
-            "from": _iso(ordered[0]),
-            "to": _iso(ordered[-1]),
-            "holdout_from": _iso(cutoff),
-            "sent_at_min": float(ordered[0]),
-            "sent_at_max": float(ordered[-1]),
-            "holdout_cutoff": cutoff,
-        },
-        "coefficients": dict(zip(FEATURE_COLUMNS, map(float, model.coef_[0]), strict=True)),
-        "intercept": float(model.intercept_[0]),
-        "regularization_C": C,
-        "data_seconds": round(data_s, 2),
-        "features_seconds": round(features_s, 2),
-        "fit_seconds": round(fit_s, 2),
-        "train_seconds": round(features_s + fit_s, 2),
     }
-    return model, metrics
+
+
+def _data_range(ordered: np.ndarray, cutoff: float) -> dict[str, Any]:
+    """First and last send and the hold-out cut-off, readable and as epoch seconds: what
+    the registry records as the model's `data_range`."""
+    return {
+        "from": _iso(ordered[0]),
+        "to": _iso(ordered[-1]),
+        "holdout_from": _iso(cutoff),
+        "sent_at_min": float(ordered[0]),
+        "sent_at_max": float(ordered[-1]),
+        "holdout_cutoff": cutoff,
+    }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(float(t), UTC).isoformat(timespec="seconds")
 
 
 def describe(metrics: dict[str, Any]) -> str:
@@ -440,8 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.metrics:
         args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     if args.out:
-        from models.ranker import save_ranker
-
         out = args.out if args.out.suffix == ".skops" else args.out / "ranker.skops"
         save_ranker(model, out, metrics=metrics, trained_on=metrics["source"])
         print(f"wrote {out}")

@@ -125,16 +125,8 @@ def eligible(
     per row, null → False) marks rows already sent, for callers whose rows are notifications
     rather than users (a price drop's row is one (event, wisher)); it adds to
     `already_sent`, which is per user."""
-    kept, _, counts = _classify(
-        users,
-        now=now,
-        channels=channels,
-        respect_quiet_hours=respect_quiet_hours,
-        sent_today=sent_today,
-        already_sent=already_sent,
-        category=category,
-        repeat=repeat,
-    )
+    rules = (now, channels, respect_quiet_hours, sent_today, already_sent, category, repeat)
+    kept, _, counts = _classify(users, *rules)
     return kept, counts
 
 
@@ -152,23 +144,14 @@ def split(
     """`eligible`, plus the suppressed rows themselves: (kept, suppressed, counts), where
     `suppressed` is the input rows that may not receive it with a String `reason` column
     (one of REASONS, as counted) — for callers that record why each one was suppressed."""
-    kept, reasons, counts = _classify(
-        users,
-        now=now,
-        channels=channels,
-        respect_quiet_hours=respect_quiet_hours,
-        sent_today=sent_today,
-        already_sent=already_sent,
-        category=category,
-        repeat=repeat,
-    )
+    rules = (now, channels, respect_quiet_hours, sent_today, already_sent, category, repeat)
+    kept, reasons, counts = _classify(users, *rules)
     suppressed = users.with_columns(reasons.alias("reason")).filter(pl.col("reason").is_not_null())
     return kept, suppressed, counts
 
 
 def _classify(
     users: pl.DataFrame,
-    *,
     now: float,
     channels: Sequence[str],
     respect_quiet_hours: bool,
@@ -176,8 +159,11 @@ def _classify(
     already_sent: pl.Series | None,
     category: str,
     repeat: pl.Series | None,
+    /,
 ) -> tuple[pl.DataFrame, pl.Series, dict[str, int]]:
-    """(kept, reason per input row — null for kept rows —, counts): see `eligible`."""
+    """(kept, reason per input row — null for kept rows —, counts): see `eligible`. The
+    rules are positional, in the order of `eligible`'s keywords, so the two public entry
+    points pass them through as one tuple."""
     wanted = set(channels)
     if not wanted or not wanted <= CHANNELS:
         raise ValueError(f"channels must be a non-empty subset of {sorted(CHANNELS)}: {channels}")

@@ -65,7 +65,25 @@ def plan(
     or push turned off) who allow email get a webhook delivery.
     Returns (deliveries in the DELIVERIES layout, suppressed notifications with a reason).
     """
-    messages = events.join(_TEMPLATES, on="status", how="left").with_columns(
+    prefs = audience.select("user_id", "push", "inbox", "email", "cat_order").unique(
+        subset="user_id"
+    )
+    devices = audience.filter(pl.col("device_id").is_not_null()).select(
+        "user_id", "device_id", "platform", "token"
+    )
+    with_prefs = (
+        _messages(events)
+        .join(prefs, on="user_id", how="left")
+        .with_columns(pl.col("push", "inbox", "email", "cat_order").fill_null(True))
+    )
+    deliveries = _deliveries(with_prefs.filter(pl.col("cat_order")), devices, fallback)
+    return deliveries, _suppressed(with_prefs, deliveries)
+
+
+def _messages(events: pl.DataFrame) -> pl.DataFrame:
+    """Each event with its notification's content: the status's title, the body with the
+    order id filled in, and the JSON `data` the apps route on."""
+    return events.join(_TEMPLATES, on="status", how="left").with_columns(
         body=pl.col("body_template").str.replace_all(
             "{order_id}", pl.col("order_id"), literal=True
         ),
@@ -76,17 +94,12 @@ def plan(
             status=pl.col("status"),
         ).struct.json_encode(),
     )
-    prefs = audience.select("user_id", "push", "inbox", "email", "cat_order").unique(
-        subset="user_id"
-    )
-    devices = audience.filter(pl.col("device_id").is_not_null()).select(
-        "user_id", "device_id", "platform", "token"
-    )
-    with_prefs = messages.join(prefs, on="user_id", how="left").with_columns(
-        pl.col("push", "inbox", "email", "cat_order").fill_null(True)
-    )
-    wanted = with_prefs.filter(pl.col("cat_order"))
 
+
+def _deliveries(wanted: pl.DataFrame, devices: pl.DataFrame, fallback: bool) -> pl.DataFrame:
+    """The DELIVERIES rows of the messages users want: a push per active device where push
+    is allowed, an inbox item where the inbox is, and (with `fallback`) a webhook for those
+    no push reaches who allow email."""
     pushes = (
         wanted.filter(pl.col("push"))
         .join(devices, on="user_id", how="inner")
@@ -99,7 +112,7 @@ def plan(
     if fallback:
         unreachable = wanted.filter(pl.col("email")).join(pushes, on="notification_id", how="anti")
         parts.append(as_fallback(unreachable))
-    deliveries = pl.concat(
+    return pl.concat(
         [
             part.with_columns(
                 delivery_id=pl.col("notification_id") + "|" + pl.col("device_id")
@@ -107,6 +120,11 @@ def plan(
             for part in parts
         ]
     )
+
+
+def _suppressed(with_prefs: pl.DataFrame, deliveries: pl.DataFrame) -> pl.DataFrame:
+    """The notifications no delivery serves, each with the first reason that applies: the
+    order category turned off, every channel turned off, else no active device."""
     reason = (
         pl.when(~pl.col("cat_order"))
         .then(pl.lit("category_opt_out"))
@@ -115,10 +133,9 @@ def plan(
         .otherwise(pl.lit("no_active_device"))
     )
     served = deliveries.select("notification_id").unique()
-    suppressed = with_prefs.join(served, on="notification_id", how="anti").select(
+    return with_prefs.join(served, on="notification_id", how="anti").select(
         "notification_id", "user_id", reason.alias("reason")
     )
-    return deliveries, suppressed
 
 
 def as_fallback(messages: pl.DataFrame) -> pl.DataFrame:

@@ -149,13 +149,7 @@ def plan(
     sent in each user's local day. `already_sent`: notification ids this batch's events
     already delivered or hold (a redelivery). `now`: epoch s of the plan."""
     rows = candidates(events, audience)
-    users = (
-        rows.with_columns(
-            has_push_device=pl.col("device_id").is_not_null().any().over("notification_id")
-        )
-        .unique("notification_id", keep="first", maintain_order=True)
-        .drop(_DEVICE_COLUMNS)
-    )
+    users = _notifications(rows)
     repeat = (
         users["notification_id"].is_in(already_sent.implode()) if already_sent is not None else None
     )
@@ -174,17 +168,53 @@ def plan(
     kept = kept.filter(~over)
     reasons["frequency_cap"] += capped.height
     eligible = kept.height
-    if audience_limit is not None:  # each event's best; ties: row order
+    kept = _best_first(kept, events, audience_limit, now)
+    counts = {
+        "targeted": users.height,
+        **{f"suppressed:{reason}": n for reason, n in reasons.items()},
+        "eligible": eligible,
+        "selected": kept.height,
+        "deferred": int(kept["send_after"].is_not_null().sum()),
+    }
+    return Plan(_targets(kept, rows), _recorded(suppressed, capped), counts, _chosen(kept))
+
+
+def _notifications(rows: pl.DataFrame) -> pl.DataFrame:
+    """One row per notification (event, wisher) of the candidate rows (one per device),
+    with `has_push_device`: eligibility decides per notification, devices come back in
+    `_targets`."""
+    return (
+        rows.with_columns(
+            has_push_device=pl.col("device_id").is_not_null().any().over("notification_id")
+        )
+        .unique("notification_id", keep="first", maintain_order=True)
+        .drop(_DEVICE_COLUMNS)
+    )
+
+
+def _best_first(
+    kept: pl.DataFrame, events: pl.DataFrame, audience_limit: int | None, now: float
+) -> pl.DataFrame:
+    """The eligible notifications within each event's `audience_limit` (its best-scored;
+    ties: row order), sorted best score first — ties by event order in the batch, then user
+    id, so a plan is deterministic — with each user's `local_day` for the frequency count
+    and `_order`, the position `_targets` keeps a notification's deliveries at."""
+    if audience_limit is not None:
         best_first = pl.col("score").rank("ordinal", descending=True).over("event_id")
         kept = kept.filter(best_first <= audience_limit)
-    # best score first; ties by event order in the batch, then user id: deterministic
     order = events.select("event_id").unique(maintain_order=True).with_row_index("_event")
     kept = (
         kept.join(order, on="event_id", how="left")
         .sort(["score", "_event", "user_id"], descending=[True, False, False])
         .drop("_event")
     )
-    kept = kept.with_columns(local_day=eligibility.local_day(kept, now)).with_row_index("_order")
+    return kept.with_columns(local_day=eligibility.local_day(kept, now)).with_row_index("_order")
+
+
+def _targets(kept: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
+    """`TARGET_COLUMNS`: a push per active device (its provider's channel) of the
+    notifications that may push, an inbox row for those that may use the inbox; in the
+    notifications' ranked order, a notification's rows adjacent."""
     devices = rows.filter(pl.col("device_id").is_not_null()).select(
         "notification_id", *_DEVICE_COLUMNS
     )
@@ -200,14 +230,20 @@ def plan(
         .select("_order", *base)
         .with_columns(device_id=pl.lit("inbox"), channel=pl.lit("inbox"), token=pl.lit(""))
     )
-    targets = (
+    return (
         pl.concat(
             [pushes.select("_order", *TARGET_COLUMNS), inbox.select("_order", *TARGET_COLUMNS)]
         )
         .sort("_order", "device_id")
         .drop("_order")
     )
-    recorded = pl.concat(
+
+
+def _recorded(suppressed: pl.DataFrame, capped: pl.DataFrame) -> pl.DataFrame:
+    """The suppressed notifications to record with their reason: those eligibility refused
+    and those over the cap within the batch, but not `already_sent` ones, whose record is
+    the one that reached the user."""
+    return pl.concat(
         [
             suppressed.filter(pl.col("reason") != "already_sent").select(
                 *SUPPRESSED_COLUMNS, "reason"
@@ -215,17 +251,14 @@ def plan(
             capped.select(*SUPPRESSED_COLUMNS, "reason"),
         ]
     )
-    counts = {
-        "targeted": users.height,
-        **{f"suppressed:{reason}": n for reason, n in reasons.items()},
-        "eligible": eligible,
-        "selected": kept.height,
-        "deferred": int(kept["send_after"].is_not_null().sum()),
-    }
+
+
+def _chosen(kept: pl.DataFrame) -> pl.DataFrame:
+    """The selected notifications with their score and the feature inputs as scored, for
+    the feedback log (`sends`)."""
     inputs = [c for c in kept.columns if c in feedback_log.FEATURE_INPUTS]
     inputs += [c for c in kept.columns if c.startswith("affinity_")]
-    chosen = kept.select("notification_id", "user_id", "event_id", "category", "score", *inputs)
-    return Plan(targets, recorded, counts, chosen)
+    return kept.select("notification_id", "user_id", "event_id", "category", "score", *inputs)
 
 
 def sends(chosen: pl.DataFrame, *, model_version: str, now: float) -> pl.DataFrame:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from api.errors import field_path
 from pipelines.segments import (
     MAX_DEPTH,
     MAX_ITEMS,
@@ -447,9 +448,15 @@ def test_a_bad_spec_is_refused_naming_the_offending_part(spec: dict, field: str,
     assert reason in fields[0]["reason"]
 
 
-def test_error_paths_are_the_same_through_a_request_model_and_the_api_handler():
-    from api.errors import field_path
+@pytest.mark.parametrize(("spec", "field", "reason"), BAD)
+def test_error_fields_render_paths_as_the_api_handler_does(spec: dict, field: str, reason: str):
+    with pytest.raises(ValidationError) as raised:
+        parse_segment(spec)
+    rendered = [f["field"] for f in error_fields(raised.value)]
+    assert rendered == [field_path(("segment", *e["loc"])) for e in raised.value.errors()]
 
+
+def test_error_paths_are_the_same_through_a_request_model_and_the_api_handler():
     class CampaignLike(BaseModel):
         segment: Segment
 

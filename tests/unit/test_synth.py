@@ -1,4 +1,4 @@
-"""The synthetic population and its hidden engagement model (models/synth.py): plain unit
+"""The synthetic population and its hidden engagement model (models/synth/): plain unit
 tests, no Ray, no stack."""
 
 from __future__ import annotations
