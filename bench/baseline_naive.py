@@ -2,10 +2,8 @@
 checked against the segment, the preferences and quiet hours (zoneinfo), scored per variant
 with the same model (one small predict per user), given the best variant if it clears the
 threshold, and joined to its devices from a dict. Same data, same model, same campaign as
-`bench/fanout.py`, which imports `naive_rate`; run alone it prints the rate:
-
-    .venv/bin/python bench/baseline_naive.py --users 100000 --sample 5000
-"""
+`bench/fanout.py`, which imports `naive_rate` and runs it beside the columnar plan at
+every size (`--naive-sample` users of each)."""
 
 from __future__ import annotations
 
@@ -106,17 +104,3 @@ def naive_rate(
     start = time.perf_counter()
     plan_naive(part, mine, ranker, campaign, now)
     return part.height / (time.perf_counter() - start)
-
-
-if __name__ == "__main__":
-    import typer
-
-    from bench.fanout import CAMPAIGN, NOW, population
-    from models.ranker import load_ranker
-
-    def main(users: int = 100_000, sample: int = 5_000) -> None:
-        frame, devices = population(users, Path("/tmp/herald-bench"))
-        rate = naive_rate(frame, devices, load_ranker(), CAMPAIGN, NOW, sample)
-        print(f"naive: {rate:,.0f} users/s over {sample:,} users")
-
-    typer.run(main)

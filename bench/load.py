@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
@@ -31,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.transactional import (  # noqa: E402
     collect,
     machine,
+    phones,
     post_steadily,
     seconds_at,
     write_result,
 )
 from models.synth import synthesize  # noqa: E402
-from ops.demo import apns_token, fcm_token  # noqa: E402
 from ops.importer import import_devices, import_users  # noqa: E402
 from ops.local import LocalStack  # noqa: E402
 
@@ -112,14 +111,7 @@ def main(
         import_users(stack.settings, pq.read_table(paths.users))
         import_devices(stack.settings, pq.read_table(paths.devices))
         ids = [f"lu{i}" for i in range(users)]
-        phones = pa.table(
-            {
-                "user_id": ids,
-                "platform": ["ios" if i % 2 else "android" for i in range(users)],
-                "token": [apns_token() if i % 2 else fcm_token() for i in range(users)],
-            }
-        )
-        import_devices(stack.settings, phones)
+        import_devices(stack.settings, phones(ids))
         headers = {"Authorization": f"Bearer {stack.api_key}"}
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as api:
             while api.get("/readyz").status_code != 200:
@@ -131,9 +123,7 @@ def main(
                 accepted, errors = asyncio.run(
                     post_steadily(stack.api_url, stack.api_key, ids, r, seconds, 100)
                 )
-                pushes = collect(
-                    stack.settings.state.redis_url, stack.settings.state.key_prefix, accepted, 300
-                )
+                pushes = collect(stack.settings, accepted, 300)
                 campaign = api.get(f"/v1/campaigns/{campaign_id}").json()
                 run = summarize(r, accepted, errors, pushes)
                 run["campaign_state_after"] = campaign["state"]

@@ -23,11 +23,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pyarrow as pa
-import redis
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.settings import HeraldSettings  # noqa: E402
+from cluster.state import keys  # noqa: E402
+from cluster.state.clients import sync_client  # noqa: E402
 from ops.demo import apns_token, fcm_token  # noqa: E402
 from ops.importer import import_devices  # noqa: E402
 from ops.local import LocalStack  # noqa: E402
@@ -96,14 +98,25 @@ def write_result(output: Path, result: dict) -> None:
     typer.echo(json.dumps(result, indent=2))
 
 
-def collect(redis_url: str, key_prefix: str, ids: list[str], timeout_s: float) -> list[dict]:
+def phones(ids: list[str]) -> pa.Table:
+    """One phone per user, iPhones and Android phones taking turns."""
+    return pa.table(
+        {
+            "user_id": ids,
+            "platform": ["ios" if i % 2 else "android" for i in range(len(ids))],
+            "token": [apns_token() if i % 2 else fcm_token() for i in range(len(ids))],
+        }
+    )
+
+
+def collect(settings: HeraldSettings, ids: list[str], timeout_s: float) -> list[dict]:
     """Wait until every accepted notification's push is final; return the push records."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(settings)
     deadline = time.monotonic() + timeout_s
     while True:
         pipe = client.pipeline(transaction=False)
         for nid in ids:
-            pipe.hgetall(f"{key_prefix}ntf:{nid}")
+            pipe.hgetall(keys.notification(settings, nid))
         records = pipe.execute()
         pushes: list[dict] = []
         pending = 0
@@ -140,14 +153,7 @@ def main(
         ) as stack,
     ):
         ids = [f"bu{i}" for i in range(users)]
-        table = pa.table(
-            {
-                "user_id": ids,
-                "platform": ["ios" if i % 2 else "android" for i in range(users)],
-                "token": [apns_token() if i % 2 else fcm_token() for i in range(users)],
-            }
-        )
-        import_devices(stack.settings, table)
+        import_devices(stack.settings, phones(ids))
         while httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code != 200:
             time.sleep(0.5)
         typer.echo(f"{users} users imported; posting {rate}/s for {seconds}s", err=True)
@@ -156,9 +162,7 @@ def main(
             post_steadily(stack.api_url, stack.api_key, ids, rate, seconds, batch_ms)
         )
         posted_s = time.time() - t0
-        pushes = collect(
-            stack.settings.state.redis_url, stack.settings.state.key_prefix, accepted, 300
-        )
+        pushes = collect(stack.settings, accepted, 300)
 
     delivered = [p for p in pushes if p["status"] == "delivered"]
     latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])
