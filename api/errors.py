@@ -36,15 +36,18 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    fields: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "fields": fields or []}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def not_found(what: str, value: str, field: str, reason: str) -> ApiError:
+    """404 naming the unknown id: `not_found("device", "d1", "device_id", "unknown device")`
+    says "no device 'd1'" and which field held it."""
+    return ApiError(
+        404, "not_found", f"no {what} {value!r}", fields=[{"field": field, "reason": reason}]
+    )
+
+
+def answer_error(exc: ApiError) -> JSONResponse:
+    """The one error shape: {"error": {"code", "message", "fields"}} with the status."""
+    body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 def field_path(loc: tuple | list) -> str:
@@ -67,11 +70,13 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     if any(e.get("type") == "json_invalid" for e in errors):
         detail = next(e for e in errors if e.get("type") == "json_invalid")
         reason = (detail.get("ctx") or {}).get("error", "not valid JSON")
-        return error_response(
-            400,
-            "malformed_json",
-            "the body is not valid JSON",
-            [{"field": "body", "reason": reason}],
+        return answer_error(
+            ApiError(
+                400,
+                "malformed_json",
+                "the body is not valid JSON",
+                fields=[{"field": "body", "reason": reason}],
+            )
         )
     fields = []
     for e in errors:
@@ -85,28 +90,26 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
             sub, reason = reason.split(": ", 1)  # model validators name their field first
             field = f"{field}.{sub}" if field != "body" else sub
         fields.append({"field": field, "reason": reason})
-    return error_response(
-        422, "validation_error", "the request does not match the contract", fields
+    return answer_error(
+        ApiError(422, "validation_error", "the request does not match the contract", fields=fields)
     )
 
 
 def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
-    return error_response(
-        exc.status_code,
-        codes.get(exc.status_code, "http_error"),
-        str(exc.detail),
-        headers=exc.headers,
-    )
+    code = codes.get(exc.status_code, "http_error")
+    return answer_error(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
 
 
 def _api(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
+    return answer_error(exc)
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(503, "unavailable", "Herald could not complete the request; retry")
+    return answer_error(
+        ApiError(503, "unavailable", "Herald could not complete the request; retry")
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -157,13 +160,13 @@ class BodySizeLimit:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
+        refused = ApiError(
             413,
             "payload_too_large",
             f"the body is over {self.max_bytes} bytes",
-            [{"field": "body", "reason": f"at most {self.max_bytes} bytes"}],
+            fields=[{"field": "body", "reason": f"at most {self.max_bytes} bytes"}],
         )
-        await response(scope, receive, send)
+        await answer_error(refused)(scope, receive, send)
 
 
 class _TooLarge(Exception):

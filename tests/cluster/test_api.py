@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from ops.demo import apns_token, fcm_token
 
@@ -130,3 +133,39 @@ def test_openapi_documents_the_contract(stack):
     assert {"/v1/events", "/v1/devices", "/v1/notifications/{notification_id}"} <= set(
         spec["paths"]
     )
+    assert spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/events"]["post"]["security"] == [{"ApiKey": []}]
+
+
+def test_each_replica_checks_keys_before_the_body(stack):
+    """The scope matrix (tests/unit/test_auth.py) through Serve: the keys a route checks are
+    the replica's own settings, and a bad key wins over a bad body on every route."""
+    spec = httpx.get(f"{stack.api_url}/openapi.json").json()
+    answers = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if "security" not in operation:
+                continue
+            url = stack.api_url + re.sub(r"\{[^}]+\}", "x1", path)
+            admin = path.startswith(("/v1/admin", "/v1/models"))
+            # The ingest key on an ingest route with a body reaches validation: 422.
+            with_ingest = 403 if admin else 422 if "requestBody" in operation else None
+            for key, status in [(None, 401), ("nope", 401), ("test-ingest", with_ingest)]:
+                if status is None:
+                    continue
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                answer = httpx.request(method, url, json={"not": "the contract"}, headers=headers)
+                answers.append((method, path, key, answer.status_code, status))
+    assert len({(m, p) for m, p, *_ in answers}) >= 18
+    assert [a for a in answers if a[3] != a[4]] == []
+
+
+def test_stream_takes_the_key_as_a_query_parameter(stack):
+    """Browsers cannot set headers on a WebSocket: `?api_key=` stands in for the header."""
+    url = stack.api_url.replace("http", "ws") + "/v1/users/u-ws/stream"
+    with connect(f"{url}?api_key=test-ingest") as ws:
+        assert json.loads(ws.recv(timeout=10)) == {"type": "subscribed", "user_id": "u-ws"}
+    for query in ("", "?api_key=nope"):
+        with pytest.raises(InvalidStatus) as refused, connect(url + query):
+            pass
+        assert refused.value.response.status_code == 403  # closed before the handshake ends

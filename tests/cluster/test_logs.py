@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -66,17 +68,24 @@ def _herald_lines(logs_dir: Path, needle: str) -> list[dict]:
     return lines
 
 
+@contextmanager
+def dead_token(emulators: dict, token: str) -> Iterator[None]:
+    """The APNs emulator answers `token` with 410 Unregistered while the block runs."""
+    emulators["apns"].post("/_emulator/faults", json={"dead_tokens": [token]})
+    try:
+        yield
+    finally:
+        emulators["apns"].post("/_emulator/faults", json={})
+
+
 def test_cluster_logs_name_the_notification_and_hide_the_token(api, emulators, uid):
     """A dead token is an event an operator looks up by notification id: the router logs it
     as a JSON line with that id, and no log file of any process holds the token itself."""
     user, token = f"lg-{uid}", apns_token()
     register(api, user, "ios", token)
-    emulators["apns"].post("/_emulator/faults", json={"dead_tokens": [token]})
-    try:
+    with dead_token(emulators, token):
         api.post("/v1/events", json={"events": [order(f"lg-{uid}", user)]}).raise_for_status()
         wait_for(lambda: channels(api, f"lg-{uid}").get("apns") == "dead")
-    finally:
-        emulators["apns"].post("/_emulator/faults", json={})
 
     logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
     found = wait_for(lambda: _herald_lines(logs_dir, f"lg-{uid}"), timeout_s=30)
