@@ -13,12 +13,11 @@ import polars as pl
 import pyarrow as pa
 
 
-class KeyedTable:
-    """Latest row per key wins; deletion is an upsert that flips a flag, never a hole."""
+class _ColumnarTable:
+    """What both tables share: a schema, a key, one compacted frame plus a short list of
+    recent writes merged once they pass `compact_rows` rows or `compact_parts` writes."""
 
-    def __init__(
-        self, schema: pa.Schema, key: str, compact_rows: int = 20_000, compact_parts: int = 64
-    ) -> None:
+    def __init__(self, schema: pa.Schema, key: str, compact_rows: int, compact_parts: int) -> None:
         self.schema = schema
         self.key = key
         self.compact_rows = compact_rows
@@ -27,8 +26,39 @@ class KeyedTable:
         self.compact_parts = compact_parts
         self._polars_schema = pl.from_arrow(schema.empty_table()).schema
         self._frame = pl.DataFrame(schema=self._polars_schema)
-        self._recent: list[pl.DataFrame] = []
+        self._recent: list = []
         self._recent_rows = 0
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        """The table's columns as polars types (what rows are conformed and decoded to)."""
+        return self._polars_schema
+
+    def _added(self, part: object, rows: int) -> None:
+        self._recent.append(part)
+        self._recent_rows += rows
+        if self._recent_rows >= self.compact_rows or len(self._recent) >= self.compact_parts:
+            self.compact()
+
+    def compact(self) -> None:
+        raise NotImplementedError
+
+    def frame(self) -> pl.DataFrame:
+        self.compact()
+        return self._frame
+
+    def __len__(self) -> int:
+        return self.frame().height
+
+
+class KeyedTable(_ColumnarTable):
+    """Latest row per key wins; deletion is an upsert that flips a flag, never a hole."""
+
+    def __init__(
+        self, schema: pa.Schema, key: str, compact_rows: int = 20_000, compact_parts: int = 64
+    ) -> None:
+        super().__init__(schema, key, compact_rows, compact_parts)
+        self._recent: list[pl.DataFrame] = []
 
     def conform(self, rows: pl.DataFrame | pa.Table) -> pl.DataFrame:
         """Rows in this table's column order and types (missing nullable columns as null)."""
@@ -46,12 +76,8 @@ class KeyedTable:
 
     def upsert(self, rows: pl.DataFrame | pa.Table) -> None:
         frame = self.conform(rows)
-        if frame.height == 0:
-            return
-        self._recent.append(frame)
-        self._recent_rows += frame.height
-        if self._recent_rows >= self.compact_rows or len(self._recent) >= self.compact_parts:
-            self.compact()
+        if frame.height:
+            self._added(frame, frame.height)
 
     def replace_all(self, rows: pl.DataFrame | pa.Table) -> None:
         """Load a whole table at once (rebuild from Redis, bulk import)."""
@@ -63,10 +89,6 @@ class KeyedTable:
             self._frame = self._latest(pl.concat([self._frame, *self._recent], rechunk=True))
             self._recent, self._recent_rows = [], 0
 
-    def frame(self) -> pl.DataFrame:
-        self.compact()
-        return self._frame
-
     def where_in(self, column: str, values: Sequence[str] | pl.Series) -> pl.DataFrame:
         """Latest rows whose `column` is one of `values`, without forcing a compaction."""
         values = pl.Series(values, dtype=pl.String)
@@ -74,33 +96,23 @@ class KeyedTable:
         parts += [part.filter(pl.col(column).is_in(values)) for part in self._recent]
         return self._latest(pl.concat(parts)) if len(parts) > 1 else parts[0]
 
-    def __len__(self) -> int:
-        return self.frame().height
-
     def _latest(self, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.unique(subset=[self.key], keep="last", maintain_order=True)
 
 
-class GroupedTable:
+class GroupedTable(_ColumnarTable):
     """Rows grouped by a key (e.g. a user's wishlist: (user_id, product_id) rows); writing a
     key replaces its whole group, and a key written with no rows has none.
 
     Like `KeyedTable`: one compacted frame plus a short list of recent replacements, each
     with the keys it replaced, so a write does not rewrite the frame and a lookup does not
-    wait for a compaction. The two are merged once the recent part grows past
-    `compact_rows` rows or `compact_parts` writes."""
+    wait for a compaction."""
 
     def __init__(
         self, schema: pa.Schema, key: str, compact_rows: int = 20_000, compact_parts: int = 256
     ) -> None:
-        self.schema = schema
-        self.key = key
-        self.compact_rows = compact_rows
-        self.compact_parts = compact_parts
-        self._polars_schema = pl.from_arrow(schema.empty_table()).schema
-        self._frame = pl.DataFrame(schema=self._polars_schema)
+        super().__init__(schema, key, compact_rows, compact_parts)
         self._recent: list[tuple[pl.Series, pl.DataFrame]] = []
-        self._recent_rows = 0
 
     def conform(self, rows: pl.DataFrame | pa.Table) -> pl.DataFrame:
         frame = rows if isinstance(rows, pl.DataFrame) else pl.from_arrow(rows)
@@ -114,12 +126,8 @@ class GroupedTable:
         keys = pl.Series(
             self.key, frame[self.key].unique() if keys is None else keys, dtype=pl.String
         )
-        if keys.len() == 0:
-            return
-        self._recent.append((keys, frame))
-        self._recent_rows += frame.height + keys.len()
-        if self._recent_rows >= self.compact_rows or len(self._recent) >= self.compact_parts:
-            self.compact()
+        if keys.len():
+            self._added((keys, frame), frame.height + keys.len())
 
     def replace_all(self, rows: pl.DataFrame | pa.Table) -> None:
         """Load a whole table at once (rebuild from Redis, bulk import)."""
@@ -134,10 +142,6 @@ class GroupedTable:
             frame = pl.concat([frame.filter(~pl.col(self.key).is_in(keys)), rows])
         self._frame = frame.rechunk()
         self._recent, self._recent_rows = [], 0
-
-    def frame(self) -> pl.DataFrame:
-        self.compact()
-        return self._frame
 
     def where_in(self, column: str, values: Sequence[str] | pl.Series) -> pl.DataFrame:
         """Current rows whose `column` is one of `values`, without forcing a compaction: a
@@ -156,6 +160,3 @@ class GroupedTable:
             base = base.filter(~pl.col(self.key).is_in(replaced_later))
         parts.append(base)
         return pl.concat(parts[::-1]) if len(parts) > 1 else parts[0]
-
-    def __len__(self) -> int:
-        return self.frame().height

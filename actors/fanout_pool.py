@@ -8,9 +8,9 @@ stay pending — exactly the resource demand the Ray autoscaler adds a node for 
 campaign goes on with the workers that answered within `fanout_grow_wait_s` rather than
 waiting for a machine to boot.
 
-Every router using the pool stamps `fanout:used_at` in Redis while its campaign runs;
-router 0 removes the workers above `fanout_workers` once nobody has used the pool for
-`fanout_idle_s`, which lets the autoscaler retire the nodes they held. A campaign that
+Every router using the pool stamps `fanout:used_at` in Redis (`cluster.state.pools`) while
+its campaign runs; router 0 removes the workers above `fanout_workers` once nobody has used
+the pool for `fanout_idle_s`, which lets the autoscaler retire the nodes they held. A campaign that
 starts in the instant between that check and the kill loses its run and resumes after its
 lease (finished shards and recorded deliveries are skipped) — never a lost delivery.
 """
@@ -30,7 +30,7 @@ from cluster import metrics
 from cluster.names import fanout_name
 from cluster.placement import actor_options
 from cluster.settings import HeraldSettings
-from cluster.state import keys
+from cluster.state.pools import FanoutPoolState
 
 log = logging.getLogger("herald.fanout_pool")
 
@@ -58,8 +58,7 @@ def running_fanout_workers(settings: HeraldSettings) -> list[str]:
 class FanoutPool:
     def __init__(self, settings: HeraldSettings, redis: aioredis.Redis) -> None:
         self.settings = settings
-        self.redis = redis
-        self.used_key = keys.fanout_used_at(settings)
+        self.state = FanoutPoolState(settings, redis)
 
     def wanted(self, shard_plans: int) -> int:
         per_worker = self.settings.fanout.shards_per_worker
@@ -70,7 +69,7 @@ class FanoutPool:
 
     async def touch(self) -> None:
         """The pool is in use now (called at a campaign's start and with its lease)."""
-        await self.redis.set(self.used_key, repr(time.time()))
+        await self.state.touch()
 
     async def workers_for(self, shard_plans: int) -> list[ray.actor.ActorHandle]:
         """Workers to plan `shard_plans` shard plans with: the fixed pool, plus grown
@@ -98,8 +97,8 @@ class FanoutPool:
     async def shrink_if_idle(self) -> int:
         """Remove the grown workers once the pool has been idle for `fanout_idle_s`;
         returns how many were removed."""
-        used_at = await self.redis.get(self.used_key)
-        if used_at is not None and time.time() - float(used_at) < self.settings.fanout.idle_s:
+        used_at = await self.state.used_at()
+        if used_at is not None and time.time() - used_at < self.settings.fanout.idle_s:
             return 0
         removed = 0
         for index in range(self.settings.fanout.workers, self.settings.pool_max_workers):

@@ -7,8 +7,9 @@ deliveries leave as Arrow batches through a Ray streaming generator whose backpr
 (`fanout_in_flight` batches not yet taken by the router) keeps memory flat for any
 audience size.
 
-Marketing counts per user and day live in Redis (`{prefix}freq:<local day>`: user → count),
-read here before eligibility and incremented by the router after each batch is recorded.
+Marketing counts per user and day live in Redis (`cluster.state.frequency`), read here
+before eligibility and incremented by the router's delivery step after each batch is
+recorded; a resumed campaign also reads who it already reached (`CampaignStore`).
 """
 
 from __future__ import annotations
@@ -22,48 +23,17 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import ray
-import redis.asyncio as aioredis
 
 from cluster import metrics
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
-from cluster.state import keys
+from cluster.state.campaigns import SEPARATOR, CampaignStore
 from cluster.state.clients import async_client
+from cluster.state.frequency import FrequencyCounters
 from models.ranker import Ranker
 from models.registry import Registry
 from pipelines import campaigns, feedback_log
 from pipelines.eligibility import local_day
-
-_CHUNK = 10_000  # users per Redis command when reading counts
-
-
-def freq_key(settings: HeraldSettings, day: str) -> str:
-    return keys.frequency(settings, day)
-
-
-async def marketing_sent_today(
-    redis: aioredis.Redis, settings: HeraldSettings, users: pl.DataFrame, now: float
-) -> pl.DataFrame | None:
-    """(user_id, count): the marketing each user already got on their own local day —
-    the frequency-cap counters campaigns and price drops share (`freq_key`); one HMGET per
-    day and `_CHUNK` users. None for no users."""
-    if users.height == 0:
-        return None
-    days = users.select("user_id", day=local_day(users, now))
-    parts = []
-    for (day,), group in days.group_by("day"):
-        ids = group["user_id"]
-        pipe = redis.pipeline(transaction=False)
-        for start in range(0, ids.len(), _CHUNK):
-            pipe.hmget(freq_key(settings, day), ids.slice(start, _CHUNK).to_list())
-        values = [v for chunk in await pipe.execute() for v in chunk]
-        counts = pl.Series(values, dtype=pl.Binary).cast(pl.String).cast(pl.Int64)
-        parts.append(pl.DataFrame({"user_id": ids, "count": counts.fill_null(0)}))
-    return pl.concat(parts)
-
-
-def sent_users_key(settings: HeraldSettings, campaign_id: str) -> str:
-    return keys.campaign(settings, campaign_id, "users")
 
 
 class FanoutWorker:
@@ -73,7 +43,9 @@ class FanoutWorker:
         configure_logging(settings)
         self.settings = settings
         self.index = index
-        self.redis = async_client(settings)
+        redis = async_client(settings)
+        self.frequency = FrequencyCounters(settings, redis)
+        self.campaign_store = CampaignStore(settings, redis)
         self.registry = Registry(settings.models_root)
         self.rankers: dict[str, Ranker] = {}
         self.current = self.registry.current()
@@ -125,8 +97,13 @@ class FanoutWorker:
         started = time.perf_counter()
         users = pl.from_arrow(await snapshot["users"])
         hit = await asyncio.to_thread(campaigns.targeted, users, campaign, now)
-        sent_today = await marketing_sent_today(self.redis, self.settings, hit, now)
-        already = await self._already_sent(campaign["campaign_id"], hit) if resumed else None
+        days = hit.select("user_id", day=local_day(hit, now))
+        sent_today = await self.frequency.sent_today(days)
+        already = None
+        if resumed:
+            already = await self.campaign_store.already_sent(
+                campaign["campaign_id"], hit["user_id"]
+            )
         rng = np.random.default_rng()
         chosen, counts = await asyncio.to_thread(
             campaigns.plan,
@@ -190,7 +167,7 @@ class FanoutWorker:
             "user_id",
             live_variant="variant_id",
             live_score="score",
-            notification_id=pl.lit(f"{campaign['campaign_id']}~") + pl.col("user_id"),
+            notification_id=pl.lit(f"{campaign['campaign_id']}{SEPARATOR}") + pl.col("user_id"),
             campaign_id=pl.lit(campaign["campaign_id"]),
             shadow_version=pl.lit(self.shadow),
             sent_at=pl.lit(now, dtype=pl.Float64),
@@ -199,18 +176,6 @@ class FanoutWorker:
             shadow_score=pl.Series(scores[np.arange(rows.height), best], dtype=pl.Float64),
         )
         feedback_log.write(logged, self.settings.feedback_root, "shadow", "sent_at")
-
-    async def _already_sent(self, campaign_id: str, users: pl.DataFrame) -> pl.Series | None:
-        ids = users["user_id"]
-        if ids.len() == 0:
-            return None
-        pipe = self.redis.pipeline(transaction=False)
-        for start in range(0, ids.len(), _CHUNK):
-            pipe.smismember(
-                sent_users_key(self.settings, campaign_id), ids.slice(start, _CHUNK).to_list()
-            )
-        flags = [bool(f) for chunk in await pipe.execute() for f in chunk]
-        return ids.filter(pl.Series(flags, dtype=pl.Boolean))
 
 
 def snapshot_tables(snapshot: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -28,7 +28,7 @@ from cluster.eventlog import open_event_log
 from cluster.eventlog.kafka import cancelled_by_caller, stop_quietly
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
-from cluster.state.dead_letters import dead_letter_fields, dlq_key
+from cluster.state.dead_letters import queue_dead_letter
 from cluster.vocabulary import LANE_OF_TYPE
 
 log = logging.getLogger("herald.kafka")
@@ -117,9 +117,7 @@ class KafkaIngestor:
                         raw = (record.value or b"")[:_RAW_LIMIT].decode("utf-8", "replace")
                         where = {"topic": tp.topic, "partition": tp.partition,
                                  "offset": record.offset, "raw": raw}  # fmt: skip
-                        pipe.xadd(
-                            dlq_key(self.settings), dead_letter_fields("kafka", where, reason)
-                        )
+                        queue_dead_letter(self.settings, pipe, "kafka", where, reason)
                         self.counts["dead_lettered"] += 1
                         metrics.count_dead_letters("kafka", 1)
             fresh = await self.log.append(triples)

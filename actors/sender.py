@@ -16,16 +16,17 @@ import asyncio
 
 import pyarrow as pa
 
-from actors.senders.base import ProviderClient
+from actors.senders.base import ProviderClient, PushClient
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
-from cluster.vocabulary import PUSH_CHANNELS
 
 
 def provider_client(
     settings: HeraldSettings, channel: str, lane: str = "transactional"
 ) -> ProviderClient:
-    """The one place that maps a channel name to its provider module."""
+    """The one place that maps a channel name to its provider module. Imported here, not
+    at the top: each sender process loads only its own provider's library (aioapns,
+    firebase-admin and their dependencies are slow to import and large in memory)."""
     if channel == "apns":
         from actors.senders.apns import ApnsClient
 
@@ -65,7 +66,7 @@ class ChannelSender:
         if self._started is None:
             self._started = asyncio.ensure_future(self.client.start())
         await self._started
-        if replicas != self.replicas and self.channel in PUSH_CHANNELS:
+        if replicas != self.replicas and isinstance(self.client, PushClient):
             self.client.share_rate(replicas)
             self.replicas = replicas
         self.in_flight += batch.num_rows

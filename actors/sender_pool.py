@@ -35,15 +35,14 @@ import time
 import ray
 import redis.asyncio as aioredis
 
-from actors.fanout_worker import sent_users_key
 from actors.sender import ChannelSender
 from cluster import metrics
 from cluster.eventlog import EventLog
 from cluster.names import sender_name
 from cluster.placement import actor_options
 from cluster.settings import HeraldSettings
-from cluster.state import keys
 from cluster.state.campaigns import CampaignStore
+from cluster.state.pools import SenderPoolState
 from cluster.vocabulary import LANES, PUSH_CHANNELS
 
 log = logging.getLogger("herald.sender_pool")
@@ -80,13 +79,10 @@ def running_sender_replicas(settings: HeraldSettings, channel: str, lane: str) -
 class SenderPool:
     def __init__(self, settings: HeraldSettings, redis: aioredis.Redis, log: EventLog) -> None:
         self.settings = settings
-        self.redis = redis
         self.log = log
         self.campaigns = CampaignStore(settings, redis)
-        # The pool's state, in Redis so a restarted router 0 carries on: per lane its
-        # `size`, when the backlog last needed that size (`busy_at`) and when the size was
-        # last lowered (`lowered_at`).
-        self.key = keys.sender_pool(settings)
+        # The pool's state, in Redis so a restarted router 0 carries on (`state.pools`).
+        self.state = SenderPoolState(settings, redis)
         self._sizes: dict[str, int] = dict.fromkeys(LANES, 1)
         self._retired: dict[str, bytes | None] = dict.fromkeys(LANES)
         self._read_at = -math.inf
@@ -101,10 +97,9 @@ class SenderPool:
         if self.settings.senders.replicas_max == 1:
             return self._sizes
         if time.monotonic() - self._read_at >= SIZE_CACHE_S:
-            fields = [f"{lane}:{field}" for lane in LANES for field in ("size", "retired")]
-            values = await self.redis.hmget(self.key, fields)
-            for lane, size, retired in zip(LANES, values[::2], values[1::2], strict=True):
-                self._sizes[lane] = min(self.settings.senders.replicas_max, int(size or 1))
+            stored = await self.state.sizes(LANES)
+            for lane, (size, retired) in zip(LANES, stored, strict=True):
+                self._sizes[lane] = min(self.settings.senders.replicas_max, size)
                 if retired != self._retired[lane]:
                     self._retired[lane] = retired
                     self._handles = {n: e for n, e in self._handles.items() if e[0] != lane}
@@ -144,23 +139,8 @@ class SenderPool:
         campaigns have yet to reach (marketing)."""
         queued = await self.log.lag(lane)
         if lane == "marketing":
-            queued += await self._campaign_backlog()
+            queued += await self.campaigns.backlog()
         return queued
-
-    async def _campaign_backlog(self) -> int:
-        ids = [i.decode() for i in await self.redis.zrange(self.campaigns.due_key, 0, -1)]
-        if not ids:
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for campaign_id in ids:
-            pipe.hmget(self.campaigns.key(campaign_id), ["state", "selected"])
-            pipe.scard(sent_users_key(self.settings, campaign_id))
-        answers = await pipe.execute()
-        left = 0
-        for (state, selected), sent in zip(answers[::2], answers[1::2], strict=True):
-            if state == b"running" and selected is not None:
-                left += max(0, int(selected) - int(sent))
-        return left
 
     async def scale(self) -> dict[str, int]:
         """One round of router 0's sizing: grow, shrink, remove idle replicas; the sizes."""
@@ -170,24 +150,21 @@ class SenderPool:
         return sizes
 
     async def _scale_lane(self, lane: str, backlog: int) -> int:
-        fields = [f"{lane}:size", f"{lane}:busy_at", f"{lane}:lowered_at"]
-        current, busy_at, lowered_at = await self.redis.hmget(self.key, fields)
-        current = int(current or 1)
+        current, busy_at, lowered_at = await self.state.lane(lane)
         wanted = self.wanted(lane, backlog)
         now = time.time()
         if wanted >= current or busy_at is None:
             busy_at = now
-            await self.redis.hset(self.key, f"{lane}:busy_at", now)
+            await self.state.mark_busy(lane, now)
         size = current
         if wanted > current:
             size = await self._grow(lane, current, wanted)
-        elif now - float(busy_at) >= self.settings.senders.idle_s:
+        elif now - busy_at >= self.settings.senders.idle_s:
             size = wanted
         if size != current:
-            update = {f"{lane}:size": size}
-            if size < current:
-                update[f"{lane}:lowered_at"] = lowered_at = now
-            await self.redis.hset(self.key, mapping=update)
+            lowered = now if size < current else None
+            lowered_at = lowered or lowered_at
+            await self.state.resize(lane, size, lowered)
             log.info(
                 "sender pool: %s lane %d -> %d replicas per push channel",
                 lane,
@@ -196,7 +173,7 @@ class SenderPool:
                 extra={"lane": lane, "backlog": backlog},
             )
         keep = max(size, wanted)
-        settled = lowered_at is None or now - float(lowered_at) >= 3 * SIZE_CACHE_S
+        settled = lowered_at is None or now - lowered_at >= 3 * SIZE_CACHE_S
         if settled and keep < self._above[lane]:
             await self._retire(lane, keep)
         metrics.set_sender_replicas(lane, size)
@@ -236,7 +213,7 @@ class SenderPool:
                     busy = 0  # pending or unreachable: nothing of ours in flight there
                 if busy == 0:
                     ray.kill(sender, no_restart=True)
-                    await self.redis.hincrby(self.key, f"{lane}:retired", 1)
+                    await self.state.retired(lane)
                     log.info("sender pool: removed idle %s", name)
                 else:
                     above = replica + 1  # still sending: looked at again next round

@@ -2,8 +2,9 @@
 wishlists, activity (last_active_at) and category affinities.
 
 Columns, not objects: each table is a `KeyedTable` of polars columns, looked up a batch of
-users at a time. Writes go to Redis first (one pipeline per batch) and then to memory, so a
-restarted shard (`max_restarts`) rebuilds exactly what it had acknowledged.
+users at a time. Writes go to Redis first (`cluster.state.shards`, one pipeline per batch)
+and then to memory, so a restarted shard (`max_restarts`) rebuilds exactly what it had
+acknowledged.
 
 `snapshot()` hands fan-out workers the whole shard as two Arrow tables in the object store
 (one row per user; one row per active device), rebuilt only when a write happened since.
@@ -21,8 +22,8 @@ from actors.columnar import GroupedTable, KeyedTable
 from cluster import metrics
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
-from cluster.state import keys
 from cluster.state.clients import sync_client
+from cluster.state.shards import ShardTables
 from cluster.tables.activity import ACTIVITY
 from cluster.tables.affinities import AFFINITIES, AFFINITY_COLUMNS
 from cluster.tables.devices import DEVICES
@@ -31,8 +32,6 @@ from cluster.tables.profiles import PROFILES
 from cluster.tables.wishlists import WISHLISTS
 from pipelines.segments import users_frame
 
-_HSCAN_COUNT = 10_000
-_HSET_FIELDS = 5_000  # fields per HSET command inside a pipeline
 SIZES_EVERY_S = 5.0  # shard-size gauges: at most this often on writes
 
 # The preference columns a snapshot carries (defaults filled in for users without a row).
@@ -47,6 +46,8 @@ SNAPSHOT_PREFERENCES = (
 )
 # Columns of a user row that go to the profiles table (the rest: activity, affinities).
 _PROFILE_COLUMNS = ("user_id", "country", "locale", "timezone", "attributes", "updated_at")
+# A wishlist is stored as one JSON list per user.
+_STORED_WISHLIST = {"user_id": pl.String, "product_ids": pl.List(pl.String)}
 
 
 class UserShard:
@@ -56,7 +57,7 @@ class UserShard:
         configure_logging(settings)
         self.settings = settings
         self.index = index
-        self.redis = sync_client(settings)
+        self.store = ShardTables(settings, index, sync_client(settings))
         self.tables = {
             "devices": KeyedTable(DEVICES, "device_id"),
             "profiles": KeyedTable(PROFILES, "user_id"),
@@ -77,62 +78,28 @@ class UserShard:
         self.stats()
 
     # --- persistence ---------------------------------------------------------------------
-    def _redis_key(self, table: str) -> str:
-        return keys.shard_table(self.settings, self.index, table)
-
     def _rebuild(self) -> None:
-        """Reload every table from its Redis hash; JSON is decoded column-wise by polars."""
+        """Reload every table from its Redis hash."""
         for name, table in self.tables.items():
-            values: list[bytes] = []
-            for _, value in self.redis.hscan_iter(self._redis_key(name), count=_HSCAN_COUNT):
-                values.append(value)
-            if not values:
-                continue
-            dtype = pl.Struct(table._polars_schema)
-            decoded = pl.Series("row", values, dtype=pl.Binary).cast(pl.String)
-            table.replace_all(decoded.str.json_decode(dtype).struct.unnest())
+            rows = self.store.load(name, table.polars_schema)
+            if rows is not None:
+                table.replace_all(rows)
 
     def _rebuild_wishlists(self) -> None:
-        values = [
-            v for _, v in self.redis.hscan_iter(self._redis_key("wishlists"), count=_HSCAN_COUNT)
-        ]
-        if not values:
+        rows = self.store.load("wishlists", _STORED_WISHLIST)
+        if rows is None:
             return
-        dtype = pl.Struct({"user_id": pl.String, "product_ids": pl.List(pl.String)})
-        decoded = pl.Series("row", values, dtype=pl.Binary).cast(pl.String)
-        rows = decoded.str.json_decode(dtype).struct.unnest().explode("product_ids")
-        self.wishlists.replace_all(
-            rows.rename({"product_ids": "product_id"}).drop_nulls("product_id")
-        )
+        rows = rows.explode("product_ids").rename({"product_ids": "product_id"})
+        self.wishlists.replace_all(rows.drop_nulls("product_id"))
 
-    def _queue_hset(self, pipe, name: str, frame: pl.DataFrame) -> None:
-        """Queue HSETs of `frame`'s rows (one hash field per key, the row as JSON) on `pipe`.
-
-        JSON is encoded column-wise by polars; the field/value pairs are interleaved into
-        one flat list per command, without a Python dict per chunk."""
-        key_column = self.tables[name].key
-        encoded = frame.select(
-            pl.col(key_column).alias("k"), pl.struct(pl.all()).struct.json_encode().alias("v")
-        )
-        keys, values = encoded["k"].to_list(), encoded["v"].to_list()
-        key = self._redis_key(name)
-        for start in range(0, len(keys), _HSET_FIELDS):
-            stop = start + _HSET_FIELDS
-            flat: list[str] = [None] * (2 * len(keys[start:stop]))  # type: ignore[list-item]
-            flat[0::2] = keys[start:stop]
-            flat[1::2] = values[start:stop]
-            pipe.execute_command("HSET", key, *flat)
-
-    def _write_through(self, name: str, frame: pl.DataFrame) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        self._queue_hset(pipe, name, frame)
-        pipe.execute()
+    def _write_through(self, parts: dict[str, pl.DataFrame]) -> None:
+        self.store.write({name: (self.tables[name].key, part) for name, part in parts.items()})
 
     def _upsert(self, name: str, rows: pa.Table | pl.DataFrame) -> int:
         frame = self.tables[name].conform(rows)
         if frame.height == 0:
             return 0
-        self._write_through(name, frame)
+        self._write_through({name: frame})
         self.tables[name].upsert(frame)
         self.version += 1
         self._publish_sizes()
@@ -175,10 +142,7 @@ class UserShard:
             parts["activity"] = self.tables["activity"].conform(frame)
         if columns & set(AFFINITY_COLUMNS):
             parts["affinities"] = self.tables["affinities"].conform(frame)
-        pipe = self.redis.pipeline(transaction=False)
-        for name, part in parts.items():
-            self._queue_hset(pipe, name, part)
-        pipe.execute()
+        self._write_through(parts)
         for name, part in parts.items():
             self.tables[name].upsert(part)
         if parts:
@@ -195,17 +159,8 @@ class UserShard:
         lists = frame.group_by("user_id", maintain_order=True).agg(
             pl.col("product_id").alias("product_ids")
         )
-        encoded = lists.select(
-            "user_id", pl.struct("user_id", "product_ids").struct.json_encode().alias("json")
-        )
         emptied = users.filter(~users.is_in(lists["user_id"]))
-        key = self._redis_key("wishlists")
-        pipe = self.redis.pipeline(transaction=False)
-        for chunk in encoded.iter_slices(5_000):
-            pipe.hset(key, mapping=dict(zip(chunk["user_id"], chunk["json"], strict=True)))
-        for start in range(0, emptied.len(), 5_000):
-            pipe.hdel(key, *emptied.slice(start, 5_000).to_list())
-        pipe.execute()
+        self.store.write({"wishlists": ("user_id", lists)}, removed={"wishlists": emptied})
         self.wishlists.replace(frame, users)
         self.version += 1
         self._publish_sizes()

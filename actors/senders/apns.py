@@ -21,9 +21,8 @@ from aioapns import APNs, NotificationRequest, PushType
 from aioapns.connection import APNsProductionClientProtocol
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from aioapns.exceptions import MaxAttemptsExceeded
-from aiolimiter import AsyncLimiter
 
-from cluster.settings import HeraldSettings
+from actors.senders.base import RateLimitedClient
 from cluster.tables.deliveries import RESULTS
 
 # Apple's reason → outcome. Anything not listed that is 5xx or 429 is "retry", else "failed".
@@ -64,13 +63,11 @@ def _protocol_for(host: str, port: int) -> type[APNsProductionClientProtocol]:
     )
 
 
-class ApnsClient:
-    def __init__(self, settings: HeraldSettings, lane: str = "transactional") -> None:
-        self.settings = settings
-        self.lane = lane
-        self.client: APNs | None = None
-        self.limiter: AsyncLimiter | None = None
-        self.in_flight: asyncio.Semaphore | None = None
+class ApnsClient(RateLimitedClient):
+    """`PushClient` for APNs."""
+
+    channel = "apns"
+    client: APNs | None = None
 
     async def start(self) -> None:
         """Inside the actor's loop: aioapns binds its pool to the running loop."""
@@ -97,12 +94,8 @@ class ApnsClient:
     async def _quiet(self, request: NotificationRequest, result: object) -> None:
         """Errors are outcomes we record, not log lines per notification."""
 
-    def share_rate(self, replicas: int) -> None:
-        """This client is one of `replicas` sending its lane: it keeps to its share of the
-        lane's rate ceiling, so grown senders never push the project over its quota."""
-        self.limiter = AsyncLimiter(self.settings.send_rate_per_s("apns", self.lane) / replicas, 1)
-
     async def send(self, batch: pa.Table) -> pa.Table:
+        """Every row in flight at once (bounded by `apns_concurrency` and the limiter)."""
         frame = pl.from_arrow(batch)
         rows = frame.select("delivery_id", "notification_id", "token", "title", "body", "data",
                             "lane").iter_rows()  # fmt: skip
@@ -143,5 +136,6 @@ class ApnsClient:
         return outcome, None if outcome == "delivered" else result.description, time.time()
 
     async def close(self) -> None:
+        """Close aioapns' connection pool."""
         if self.client is not None:
             self.client.pool.close()

@@ -30,7 +30,6 @@ import firebase_admin
 import httpx
 import polars as pl
 import pyarrow as pa
-from aiolimiter import AsyncLimiter
 from firebase_admin import credentials, exceptions, messaging
 from firebase_admin._http_client import GoogleAuthCredentialFlow
 from firebase_admin._retry import HttpxRetry, HttpxRetryTransport
@@ -41,7 +40,7 @@ from firebase_admin.messaging import (
     UnregisteredError,
 )
 
-from cluster.settings import HeraldSettings
+from actors.senders.base import RateLimitedClient
 from cluster.tables.deliveries import RESULTS
 
 BATCH = 500  # send_each_async refuses more
@@ -82,15 +81,15 @@ def retry_after(error: Exception | None) -> float | None:
         return None
 
 
-class FcmClient:
-    def __init__(self, settings: HeraldSettings, lane: str = "transactional") -> None:
-        self.settings = settings
-        self.lane = lane
-        self.app: firebase_admin.App | None = None
-        self.limiter: AsyncLimiter | None = None
-        self.in_flight: asyncio.Semaphore | None = None
+class FcmClient(RateLimitedClient):
+    """`PushClient` for FCM."""
+
+    channel = "fcm"
+    app: firebase_admin.App | None = None
 
     async def start(self) -> None:
+        """Its own firebase app (a unique name per client), pointed at the configured
+        endpoint, with our httpx client (`_own_http_client`)."""
         s = self.settings.fcm
         if s.credentials_file is None:
             raise RuntimeError("HERALD_FCM_CREDENTIALS_FILE is not set: cannot authenticate")
@@ -136,12 +135,8 @@ class FcmClient:
             ),
         )
 
-    def share_rate(self, replicas: int) -> None:
-        """This client is one of `replicas` sending its lane: it keeps to its share of the
-        lane's rate ceiling, so grown senders never push the project over its quota."""
-        self.limiter = AsyncLimiter(self.settings.send_rate_per_s("fcm", self.lane) / replicas, 1)
-
     async def send(self, batch: pa.Table) -> pa.Table:
+        """Chunks of at most `BATCH` messages (`send_each_async`'s limit) in flight at once."""
         frame = pl.from_arrow(batch)
         messages = [
             self._message(*row)

@@ -27,14 +27,19 @@ def outcome_of(status: int) -> str:
 
 
 class WebhookClient:
+    """`ProviderClient` for the fallback webhook: one POST per delivery, with the delivery
+    id as `Idempotency-Key` so the receiver can drop a resend."""
+
     def __init__(self, settings: HeraldSettings) -> None:
         self.settings = settings
         self.client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        """One pooled httpx client for the sender's life."""
         self.client = httpx.AsyncClient(timeout=self.settings.fallback.timeout_s)
 
     async def send(self, batch: pa.Table) -> pa.Table:
+        """Every row posted concurrently; 2xx delivered, 408/425/429/5xx retried."""
         frame = pl.from_arrow(batch)
 
         async def one(row: dict) -> tuple[str, str, str | None, float | None, float]:
@@ -69,5 +74,6 @@ class WebhookClient:
         )
 
     async def close(self) -> None:
+        """Close the httpx client's connections."""
         if self.client is not None:
             await self.client.aclose()

@@ -8,6 +8,9 @@ field per counter (`targeted`, `eligible`, `selected`, `deferred`, `sent`, `deli
 take due ones with a lease (as they take retries), so a router that dies mid fan-out only
 delays the campaign: another one resumes it after the lease, skipping the shards recorded
 in `{prefix}campaign:{id}:shards_done` and every delivery already recorded.
+`{prefix}campaign:{id}:users` is the set of users a campaign already reached (sent or held
+for quiet hours): a resumed campaign's plan leaves them out, and the sender pool reads its
+size against `selected` as the campaign's backlog.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import time
 from typing import Any
 
+import polars as pl
 import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
@@ -25,6 +29,7 @@ from cluster.state.retries import TAKE_DUE
 STATES = ("scheduled", "running", "done", "cancelled", "failed")
 FEEDBACK_ACTIONS = ("opened", "clicked", "dismissed")
 SEPARATOR = "~"  # notification id = <campaign_id>~<user_id>
+CHUNK = 10_000  # users per SMISMEMBER
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -59,6 +64,14 @@ def campaign_of(notification_id: str) -> str | None:
     return head if sep else None
 
 
+# `campaign_of` as a column: a frame's `notification_id`s' campaign, null for an event's.
+CAMPAIGN_ID = (
+    pl.when(pl.col("notification_id").str.contains(SEPARATOR, literal=True))
+    .then(pl.col("notification_id").str.split(SEPARATOR).list.first())
+    .alias("campaign_id")
+)
+
+
 class CampaignStore:
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis) -> None:
         self.settings = settings
@@ -74,6 +87,9 @@ class CampaignStore:
 
     def shards_done_key(self, campaign_id: str) -> str:
         return keys.campaign(self.settings, campaign_id, "shards_done")
+
+    def users_key(self, campaign_id: str) -> str:
+        return keys.campaign(self.settings, campaign_id, "users")
 
     async def create(self, spec: dict[str, Any]) -> tuple[bool, str | None]:
         """Store and schedule a campaign. (created, previous spec JSON when it existed)."""
@@ -142,6 +158,10 @@ class CampaignStore:
             keys=[self.due_key], args=[now, limit, now + self.settings.campaigns.lease_s]
         )
         return [i.decode() for i in ids]
+
+    async def drop_due(self, campaign_id: str) -> None:
+        """Take a campaign off the schedule (it is unknown, done or cancelled)."""
+        await self.redis.zrem(self.due_key, campaign_id)
 
     async def renew(self, campaign_id: str) -> None:
         await self.redis.zadd(
@@ -231,3 +251,42 @@ class CampaignStore:
 
     async def shard_done(self, campaign_id: str, shard: int) -> None:
         await self.redis.sadd(self.shards_done_key(campaign_id), shard)
+
+    def record_reached(
+        self, campaign_id: str, users: pl.DataFrame, pipe: aioredis.client.Pipeline
+    ) -> None:
+        """Queue on `pipe`: `users` (one row per user: user_id, variant_id) into the
+        campaign's reached set, and the bandit's per-variant sends."""
+        key = self.users_key(campaign_id)
+        pipe.sadd(key, *users["user_id"].to_list())
+        pipe.expire(key, self.settings.state.notification_ttl_s)
+        for variant, n in users.group_by("variant_id").len().iter_rows():
+            pipe.hincrby(self.key(campaign_id), f"variant:{variant}:sent", n)
+
+    async def already_sent(self, campaign_id: str, user_ids: pl.Series) -> pl.Series | None:
+        """Those of `user_ids` the campaign already reached (None for no users): a
+        resumed campaign sends only to the rest."""
+        if user_ids.len() == 0:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, user_ids.len(), CHUNK):
+            pipe.smismember(self.users_key(campaign_id), user_ids.slice(start, CHUNK).to_list())
+        flags = [bool(f) for chunk in await pipe.execute() for f in chunk]
+        return user_ids.filter(pl.Series(flags, dtype=pl.Boolean))
+
+    async def backlog(self) -> int:
+        """Users that running campaigns selected and have not reached yet: the marketing
+        lane's fan-out queue, which the sender pool sizes replicas for."""
+        ids = [i.decode() for i in await self.redis.zrange(self.due_key, 0, -1)]
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for campaign_id in ids:
+            pipe.hmget(self.key(campaign_id), ["state", "selected"])
+            pipe.scard(self.users_key(campaign_id))
+        answers = await pipe.execute()
+        left = 0
+        for (state, selected), sent in zip(answers[::2], answers[1::2], strict=True):
+            if state == b"running" and selected is not None:
+                left += max(0, int(selected) - int(sent))
+        return left

@@ -29,6 +29,14 @@ def dead_letter_fields(kind: str, body: dict[str, Any], reason: str) -> dict[str
             "at": repr(time.time())}  # fmt: skip
 
 
+def queue_dead_letter(
+    settings: HeraldSettings, pipe: Any, kind: str, body: dict[str, Any], reason: str
+) -> None:
+    """Queue one dead letter on `pipe` (sync or async), so it is written with the batch
+    whose outcome it is — a delivery's final status, a Kafka batch's events."""
+    pipe.xadd(dlq_key(settings), dead_letter_fields(kind, body, reason))
+
+
 def list_dead_letters(settings: HeraldSettings, count: int = 100) -> list[dict[str, Any]]:
     client = sync_client(settings)
     entries = client.xrange(dlq_key(settings), count=count)

@@ -29,6 +29,8 @@ STATUS_OF_OUTCOME = {
 # A delivery's life: queued → delivered | dead (token gone) | failed (cannot succeed) |
 # retrying → … → dead_lettered (out of attempts); a campaign's → cancelled when the campaign
 # is cancelled before it is sent.
+_LIVE = ("queued", "retrying", "delivered")  # a push in these may still reach, or reached
+_NOT_PUSH = (b"d:inbox", b"d:webhook")
 
 
 class DeliveryState:
@@ -109,6 +111,25 @@ class DeliveryState:
         )
         for nid, field, value in encoded.iter_rows():
             pipe.hset(self.key(nid), field, value)
+
+    async def without_live_push(self, notification_ids: list[str]) -> list[bool]:
+        """Per notification: True when none of its pushes is queued, retrying or delivered
+        and it has no webhook delivery yet — the webhook fallback's test. The whole hash
+        is read (one pipeline), since a notification's pushes may settle in different
+        batches."""
+        pipe = self.redis.pipeline(transaction=False)
+        for nid in notification_ids:
+            pipe.hgetall(self.key(nid))
+        return [
+            b"d:webhook" not in fields
+            and not any(
+                name.startswith(b"d:")
+                and name not in _NOT_PUSH
+                and json.loads(value)["status"] in _LIVE
+                for name, value in fields.items()
+            )
+            for fields in await pipe.execute()
+        ]
 
     async def get(self, notification_id: str) -> dict[str, Any] | None:
         fields = await self.redis.hgetall(self.key(notification_id))

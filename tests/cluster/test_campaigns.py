@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 import pytest
 import ray
-import redis
 
 from cluster.names import shard_name
 from cluster.sharding import shard_of
@@ -24,7 +23,15 @@ from cluster.state import keys
 from models.ranker import load_ranker
 from models.synth import synthesize
 from ops.importer import import_devices, import_users
-from pipelines import feedback_log
+from tests.cluster.campaign_reference import (
+    assert_best_scored_were_sent,
+    assert_counted_once_today,
+    assert_feedback_counted_once,
+    assert_feedback_logged,
+    expected_outcome,
+    reference_scores,
+    stack_redis,
+)
 from tests.cluster.test_api import fields_of
 from tests.cluster.test_dead_letters import wait_for
 
@@ -98,41 +105,6 @@ def population(stack, tmp_path_factory):
     return {"cohort": cohort, "users": users, "devices": devices, "prefs": prefs}
 
 
-def _expected(population) -> dict:
-    """The reference, one user at a time in plain Python."""
-    users, prefs = population["users"], population["prefs"]
-    devices = population["devices"].group_by("user_id").agg(pl.col("token"), pl.col("platform"))
-    tokens = dict(zip(devices["user_id"], devices["token"].to_list(), strict=True))
-    counts = {"targeted": 0, "eligible": 0, "deferred_users": set(), "eligible_users": []}
-    reasons = dict.fromkeys(
-        ["category_opt_out", "already_sent", "channel_opt_out", "no_reachable_channel",
-         "frequency_cap"], 0,
-    )  # fmt: skip
-    for user, attributes, p in zip(
-        users["user_id"], users["attributes"], prefs.iter_rows(named=True), strict=True
-    ):
-        if json.loads(attributes)["tier"] == "vip":
-            continue
-        counts["targeted"] += 1
-        has_device = bool(tokens.get(user))
-        if not p["cat_marketing"]:
-            reasons["category_opt_out"] += 1
-        elif not p["push"] and not p["inbox"]:
-            reasons["channel_opt_out"] += 1
-        elif not p["inbox"] and not has_device:
-            reasons["no_reachable_channel"] += 1
-        elif p["max_marketing_per_day"] == 0:
-            reasons["frequency_cap"] += 1
-        else:
-            counts["eligible"] += 1
-            counts["eligible_users"].append(user)
-            if p["quiet_start_min"] is not None:
-                counts["deferred_users"].add(user)
-    counts["suppressed"] = reasons
-    counts["tokens"] = tokens
-    return counts
-
-
 def campaign_body(cohort: str, campaign_id: str, **overrides) -> dict:
     return {
         "campaign_id": campaign_id,
@@ -188,7 +160,7 @@ def test_campaign_is_validated_at_the_door(api):
 
 
 def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, population, uid):
-    expected = _expected(population)
+    expected = expected_outcome(population)
     cid = f"flash-{uid}"
     body = campaign_body(population["cohort"], cid, audience_limit=LIMIT)
     answer = api.post("/v1/campaigns", json=body)
@@ -206,57 +178,16 @@ def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, popu
 
     # Which users: the top LIMIT by the ranker's best-variant score, as the worker scored
     # them (reference: the shards' own snapshots, scored here at the campaign's start).
-    snapshots = ray.get(
-        [
-            ray.get_actor(
-                shard_name(s), namespace=stack.settings.topology.namespace
-            ).snapshot.remote()
-            for s in range(stack.settings.topology.shards)
-        ]
-    )
-    frames = [pl.from_arrow(ray.get(s["users"])) for s in snapshots]
-    eligible = pl.concat(frames, how="diagonal_relaxed").filter(
-        pl.col("user_id").is_in(expected["eligible_users"])
-    )
-    variants = pl.DataFrame(
-        {"variant_id": ["plain", "urgent", "perso"], "style": ["plain", "urgent", "personalized"]}
-    )
-    scores = load_ranker().score(eligible, variants, category="fashion", now=status["started_at"])
-    best = scores.max(axis=1)
-    cutoff = np.sort(best)[::-1][LIMIT - 1]
-    sure = set(eligible.filter(pl.Series(best > cutoff + 1e-9))["user_id"])
-    maybe = set(eligible.filter(pl.Series(best >= cutoff - 1e-6))["user_id"])
-    sent_users = {
-        m.decode() for m in stack_redis(stack).smembers(keys.campaign(stack.settings, cid, "users"))
-    }
-    assert len(sent_users) == LIMIT
-    assert sure <= sent_users <= maybe
-    # each one now counts once toward today's marketing frequency cap (their local day)
-    r = stack_redis(stack)
-    days = list(r.scan_iter(match=keys.frequency(stack.settings, "*")))
-    pipe = r.pipeline(transaction=False)
-    for user in sorted(sent_users):
-        for day in days:
-            pipe.hget(day, user)
-    counts = pipe.execute()
-    per_user = [sum(int(c or 0) for c in counts[i : i + len(days)])
-                for i in range(0, len(counts), len(days))]  # fmt: skip
-    assert per_user == [1] * LIMIT
+    eligible, variants, scores = reference_scores(stack, expected, status["started_at"])
+    sent_users = assert_best_scored_were_sent(stack, cid, eligible, scores, LIMIT)
+    assert_counted_once_today(stack, sent_users, LIMIT)
 
     deferred = sent_users & expected["deferred_users"]
     assert status["deferred"] == len(deferred)
     now_users = sent_users - deferred
-    prefs = population["prefs"].filter(pl.col("user_id").is_in(list(now_users)))
-    push_users = set(prefs.filter(pl.col("push"))["user_id"])
-    inbox_users = set(prefs.filter(pl.col("inbox"))["user_id"])
-    want_tokens = {t for u in push_users for t in expected["tokens"].get(u, [])}
-    assert status["sent"] == len(want_tokens) + len(inbox_users)
-
-    got = set()
-    for emulator in emulators.values():
-        items = emulator.get("/_emulator/received").json()["received"]
-        got |= {i["token"] for i in items if cid in json.dumps(i)}
-    assert got == want_tokens
+    inbox_users = _assert_pushes_and_inbox_items(
+        api, emulators, population, expected, cid, status, now_users
+    )
     status = wait_for(
         lambda: (s := api.get(f"/v1/campaigns/{cid}").json())["delivered"] == s["sent"] and s,
         timeout_s=60,
@@ -280,38 +211,27 @@ def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, popu
     }
     assert held == deferred and deferred  # every deferred user has an inbox item held
 
-    # feedback: counted once per action, steers the variant counts
-    user = some[0]
-    nid = f"{cid}~{user}"
-    first = api.post("/v1/feedback", json={"notification_id": nid, "user_id": user,
-                                            "action": "opened"})  # fmt: skip
-    again = api.post("/v1/feedback", json={"notification_id": nid, "user_id": user,
-                                            "action": "opened"})  # fmt: skip
-    assert first.json()["counted"] is True and again.json()["counted"] is False
-    wrong = api.post("/v1/feedback", json={"notification_id": nid, "user_id": "someone",
-                                            "action": "opened"})  # fmt: skip
-    assert wrong.status_code == 422 and "user_id" in fields_of(wrong)
-    status = api.get(f"/v1/campaigns/{cid}").json()
-    assert sum(v.get("opened", 0) for v in status["variants"].values()) == 1
-
-    # The feedback log: every send with its features as scored, the open joined to it.
-    root = stack.settings.feedback_root
-
-    def logged() -> list[pl.DataFrame]:
-        rows = feedback_log.training_rows(root)
-        rows = rows.filter(pl.col("campaign_id") == cid) if rows.height else rows
-        return [rows] if rows.height and rows["opened"].any() else []
-
-    [rows] = wait_for(logged, timeout_s=30)
-    assert rows.height == LIMIT
-    assert set(rows["user_id"]) == sent_users
-    assert set(rows["model_version"]) == {status["model_version"]}
-    assert rows.filter(pl.col("opened"))["user_id"].to_list() == [user]
-    assert rows["affinity_fashion"].null_count() == 0 and "last_active_at" in rows.columns
+    assert_feedback_counted_once(api, cid, some[0])
+    assert_feedback_logged(stack, api, cid, sent_users, some[0], LIMIT)
 
 
-def stack_redis(stack) -> redis.Redis:
-    return redis.Redis.from_url(stack.settings.state.redis_url)
+def _assert_pushes_and_inbox_items(
+    api, emulators, population, expected: dict, cid: str, status: dict, now_users: set[str]
+) -> set[str]:
+    """The users sent now got a push per device (if they allow push) and an inbox item (if
+    they allow the inbox), and the providers received exactly those pushes; returns the
+    users with an inbox item."""
+    prefs = population["prefs"].filter(pl.col("user_id").is_in(list(now_users)))
+    push_users = set(prefs.filter(pl.col("push"))["user_id"])
+    inbox_users = set(prefs.filter(pl.col("inbox"))["user_id"])
+    want_tokens = {t for u in push_users for t in expected["tokens"].get(u, [])}
+    assert status["sent"] == len(want_tokens) + len(inbox_users)
+    got = set()
+    for emulator in emulators.values():
+        items = emulator.get("/_emulator/received").json()["received"]
+        got |= {i["token"] for i in items if cid in json.dumps(i)}
+    assert got == want_tokens
+    return inbox_users
 
 
 def test_send_at_schedules_the_campaign(api, population, uid):

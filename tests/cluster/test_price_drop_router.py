@@ -1,4 +1,4 @@
-"""The router's price-drop fan-out against a real (embedded) Redis, without Ray: what it
+"""The router's price-drop flow against a real (embedded) Redis, without Ray: what it
 records, holds for quiet hours, sends and counts, and that a redelivered event reaches no
 wisher twice and counts nobody twice. The shards and senders are stood in for."""
 
@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 import redis
 
-from actors.fanout_worker import freq_key
 from actors.router import EventRouter
 from cluster.settings import HeraldSettings
 from cluster.state import keys
+from cluster.state.keys import frequency as freq_key
 from ops.embedded_redis import EmbeddedRedis
 
 
@@ -46,7 +46,7 @@ async def router(redis_url, tmp_path, monkeypatch):
     async def send(deliveries, retry_members=None, retry_lane="transactional"):
         router.sent.append(deliveries)
 
-    router._send = send
+    router.delivery.send = send  # every flow's sends go through the one delivery step
     yield router
     await router.redis.aclose()
 
@@ -97,13 +97,13 @@ async def test_fan_out_holds_sends_counts_and_a_redelivery_repeats_nothing(route
     async def wishers(product_ids):
         return audience
 
-    router._wishers = wishers
+    router.shards.wishers = wishers
     settings = router.settings
     client = redis.Redis.from_url(settings.state.redis_url)
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
     client.hset(freq_key(settings, day), "capped", 1)  # a campaign reached them today
 
-    await router._route_price_drops(DROPS, redelivered=False)
+    await router.price_drops.route(DROPS, redelivered=False)
 
     sent = pl.concat(router.sent)
     assert sorted(sent["delivery_id"]) == [
@@ -136,7 +136,7 @@ async def test_fan_out_holds_sends_counts_and_a_redelivery_repeats_nothing(route
     # The log hands the same event over again (a crash before its ack): nothing is sent,
     # held or counted a second time; the capped wisher stays recorded as such.
     router.sent.clear()
-    await router._route_price_drops(DROPS, redelivered=True)
+    await router.price_drops.route(DROPS, redelivered=True)
     assert sum(part.height for part in router.sent) == 0
     assert client.zcard(keys.retries(settings, "marketing")) == 2
     assert client.hget(freq_key(settings, day), "now1") == b"1"

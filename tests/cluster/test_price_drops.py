@@ -14,7 +14,6 @@ import pytest
 import ray
 import redis
 
-from actors.fanout_worker import freq_key
 from cluster.names import shard_name
 from cluster.sharding import shard_of
 from cluster.state import keys
@@ -245,7 +244,7 @@ def test_price_drop_goes_through_campaign_eligibility(stack, api, emulators, uid
     # at the cap: one marketing push a day, and a campaign already sent one today (UTC)
     api.put(f"/v1/users/{u['capped']}/preferences", json={"max_marketing_per_day": 1})
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    client.hset(freq_key(stack.settings, today), u["capped"], 1)
+    client.hset(keys.frequency(stack.settings, today), u["capped"], 1)
     api.put(f"/v1/users/{u['optout']}/preferences", json={"categories": {"price_alert": False}})
     api.put(f"/v1/users/{u['fresh']}/preferences", json={"max_marketing_per_day": 1})
 
@@ -260,10 +259,10 @@ def test_price_drop_goes_through_campaign_eligibility(stack, api, emulators, uid
     # the drop counts in the counter campaigns read (right after the send): "fresh" is at
     # his cap now
     deadline = time.monotonic() + 10
-    while client.hget(freq_key(stack.settings, today), u["fresh"]) != b"1":
+    while client.hget(keys.frequency(stack.settings, today), u["fresh"]) != b"1":
         assert time.monotonic() < deadline, "the price drop was not counted"
         time.sleep(0.1)
-    assert client.hget(freq_key(stack.settings, today), u["capped"]) == b"1"
+    assert client.hget(keys.frequency(stack.settings, today), u["capped"]) == b"1"
 
     # held, not dropped: queued, in the marketing retry set due at the window's end
     key = keys.retries(stack.settings, "marketing")

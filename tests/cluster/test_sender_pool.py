@@ -68,19 +68,12 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
     cohort = f"sp{uid}"
     import_cohort(stack, cohort, USERS, 11, tmp_path)
     store = redis.Redis.from_url(stack.settings.state.redis_url)
-    pool_key = keys.sender_pool(stack.settings)
     campaign_id = f"grow-{uid}"
     body = campaign_body(cohort, campaign_id, respect_quiet_hours=False)
     api.post("/v1/campaigns", json=body).raise_for_status()
 
     # While it sends: the marketing lane's size reaches 2 and the grown replicas send.
-    sizes, seen = set(), {}
-    deadline = time.monotonic() + 240
-    while api.get(f"/v1/campaigns/{campaign_id}").json()["state"] != "done":
-        sizes.add(int(store.hget(pool_key, "marketing:size") or 1))
-        seen.update(_pings(stack, "marketing"))
-        assert time.monotonic() < deadline, "the campaign did not finish"
-        time.sleep(0.5)
+    sizes, seen = _sizes_while_running(stack, api, store, campaign_id)
     status = wait_campaign(api, campaign_id)
     assert 2 in sizes, f"the marketing senders never grew: sizes seen {sizes}"
     for channel in ("apns", "fcm"):
@@ -88,29 +81,10 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
         assert grown is not None and grown["sent"] > 0, f"{channel} replica 1: {grown}"
 
     # Every selected user's pushes arrived once, however the batches were split.
-    pushes = {}
-    for kind, emulator in emulators.items():
-        for item in emulator.get("/_emulator/received").json()["received"]:
-            data = item["payload"] if kind == "apns" else item["message"].get("data", {})
-            nid = data.get("notification_id", "")
-            if nid.startswith(f"{campaign_id}") and item["status"] == 200:
-                key = (nid, item["token"])
-                pushes.setdefault(kind, []).append((key, item["received_at"]))
+    pushes = _pushes_received(emulators, campaign_id)
     sent_keys = [key for rows in pushes.values() for key, _ in rows]
     assert len(sent_keys) == len(set(sent_keys)), "a push reached a device twice"
-    users = [
-        m.decode() for m in store.smembers(keys.campaign(stack.settings, campaign_id, "users"))
-    ]
-    pipe = store.pipeline(transaction=False)
-    for user in users:
-        pipe.hgetall(keys.notification(stack.settings, f"{campaign_id}~{user}"))
-    records = [
-        json.loads(value)
-        for fields in pipe.execute()
-        for name, value in fields.items()
-        if name.startswith(b"d:")
-    ]
-    push_records = [r for r in records if r["channel"] in ("apns", "fcm")]
+    push_records = _push_records(stack, store, campaign_id)
     assert push_records and all(r["status"] == "delivered" for r in push_records)
     assert len(sent_keys) == len(push_records)
     assert status["failed"] == 0
@@ -125,7 +99,7 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
     # Once the backlog is gone the lane shrinks back to one sender per channel.
     def shrunk():
         names = set(_pings(stack, "marketing"))
-        return int(store.hget(pool_key, "marketing:size") or 1) == 1 and names == {
+        return _marketing_size(stack, store) == 1 and names == {
             sender_name("apns", "marketing"),
             sender_name("fcm", "marketing"),
         }
@@ -139,16 +113,62 @@ def test_senders_grow_for_a_campaign_and_shrink_after(stack, api, emulators, tmp
     failed_before = _failed_sender_calls(stack)
     again = f"again-{uid}"
     api.post("/v1/campaigns", json=campaign_body(cohort, again)).raise_for_status()
-    sizes = set()
-    deadline = time.monotonic() + 240
-    while api.get(f"/v1/campaigns/{again}").json()["state"] != "done":
-        sizes.add(int(store.hget(pool_key, "marketing:size") or 1))
-        assert time.monotonic() < deadline, "the second campaign did not finish"
-        time.sleep(0.5)
+    sizes, _ = _sizes_while_running(stack, api, store, again, pings=False)
     after = wait_campaign(api, again)
     assert 2 in sizes, f"the marketing senders did not grow again: sizes seen {sizes}"
     assert after["delivered"] == after["sent"] > 0 and after["failed"] == 0
     assert _failed_sender_calls(stack) == failed_before
+
+
+def _marketing_size(stack, store: redis.Redis) -> int:
+    return int(store.hget(keys.sender_pool(stack.settings), "marketing:size") or 1)
+
+
+def _sizes_while_running(
+    stack, api, store: redis.Redis, campaign_id: str, pings: bool = True
+) -> tuple[set[int], dict[str, dict]]:
+    """The marketing lane's sizes seen until the campaign is done, and (with `pings`) the
+    last answer of every marketing sender replica seen meanwhile."""
+    sizes: set[int] = set()
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + 240
+    while api.get(f"/v1/campaigns/{campaign_id}").json()["state"] != "done":
+        sizes.add(_marketing_size(stack, store))
+        if pings:
+            seen.update(_pings(stack, "marketing"))
+        assert time.monotonic() < deadline, f"the campaign {campaign_id} did not finish"
+        time.sleep(0.5)
+    return sizes, seen
+
+
+def _pushes_received(emulators, campaign_id: str) -> dict[str, list]:
+    """Per provider: ((notification id, token), received_at) of the campaign's accepted pushes."""
+    pushes: dict[str, list] = {}
+    for kind, emulator in emulators.items():
+        for item in emulator.get("/_emulator/received").json()["received"]:
+            data = item["payload"] if kind == "apns" else item["message"].get("data", {})
+            nid = data.get("notification_id", "")
+            if nid.startswith(f"{campaign_id}") and item["status"] == 200:
+                key = (nid, item["token"])
+                pushes.setdefault(kind, []).append((key, item["received_at"]))
+    return pushes
+
+
+def _push_records(stack, store: redis.Redis, campaign_id: str) -> list[dict]:
+    """The delivery state's push records of every user the campaign reached."""
+    users = [
+        m.decode() for m in store.smembers(keys.campaign(stack.settings, campaign_id, "users"))
+    ]
+    pipe = store.pipeline(transaction=False)
+    for user in users:
+        pipe.hgetall(keys.notification(stack.settings, f"{campaign_id}~{user}"))
+    records = [
+        json.loads(value)
+        for fields in pipe.execute()
+        for name, value in fields.items()
+        if name.startswith(b"d:")
+    ]
+    return [r for r in records if r["channel"] in ("apns", "fcm")]
 
 
 def _failed_sender_calls(stack) -> int:

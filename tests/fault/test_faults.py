@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,46 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow]
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "faults.json"
 USERS = 2500
 UPDATES_PER_USER = 2  # 5,000 notifications per scenario
+
+
+def accepted_pushes(kind: str, body) -> Iterator[tuple[str, str]]:
+    """(notification_id, token) of each push an emulator's `/_emulator/received` answer
+    says its provider (`kind`: apns or fcm) accepted with status 200."""
+    for item in body["received"] if isinstance(body, dict) else body:
+        if item.get("status") != 200:
+            continue
+        if kind == "apns":
+            nid = item["payload"].get("notification_id")
+        else:
+            nid = item["message"].get("data", {}).get("notification_id")
+        yield nid, item["token"]
+
+
+def order_events(users: list[str], per_user: int) -> list[dict]:
+    """`per_user` order updates for each user (event ids `<user>-<k>`), as producers post."""
+    return [
+        {"event_id": f"{u}-{k}", "type": "order.updated", "user_id": u,
+         "order_id": f"o{k}", "status": "shipped"}
+        for k in range(per_user) for u in users
+    ]  # fmt: skip
+
+
+def post_until_logged(client: httpx.Client, batch: list[dict]) -> tuple[list[str], int]:
+    """POST a batch until Herald has it in the log (2 minutes at most), retrying with the
+    same event ids: (its accepted and duplicate event ids, how many posts failed first)."""
+    deadline = time.monotonic() + 120
+    failed = 0
+    while True:
+        try:
+            answer = client.post("/v1/events", json={"events": batch})
+            if answer.status_code == 202:
+                body = answer.json()
+                return body["accepted"] + body["duplicate"], failed
+        except httpx.HTTPError:
+            pass
+        failed += 1
+        assert time.monotonic() < deadline, "Herald did not take events for 2 minutes"
+        time.sleep(0.5)
 
 
 class Scenario:
@@ -74,11 +115,7 @@ class Scenario:
         """Post every update in batches of 250 (or produce them to Kafka, one record per
         batch); producers retry what was not accepted with the same event ids (that is what
         idempotency keys are for)."""
-        events = [
-            {"event_id": f"{u}-{k}", "type": "order.updated", "user_id": u,
-             "order_id": f"o{k}", "status": "shipped"}
-            for k in range(UPDATES_PER_USER) for u in self.users
-        ]  # fmt: skip
+        events = order_events(self.users, UPDATES_PER_USER)
         self.owner = {e["event_id"]: e["user_id"] for e in events}
         batches = [events[i : i + 250] for i in range(0, len(events), 250)]
         fault_batch = int(len(batches) * fault_at) if fault_at is not None else -1
@@ -108,18 +145,7 @@ class Scenario:
         return run
 
     def _post_until_logged(self, batch: list[dict]) -> None:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                answer = self.api.post("/v1/events", json={"events": batch})
-                if answer.status_code == 202:
-                    body = answer.json()
-                    self.accepted += body["accepted"] + body["duplicate"]
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Herald did not take events for 2 minutes"
-            time.sleep(0.5)
+        self.accepted += post_until_logged(self.api, batch)[0]
 
     def _produce_until_acked(self, kafka, batch: list[dict]) -> None:
         """A Kafka producer with acks=all, retried until the broker has the record."""
@@ -169,15 +195,7 @@ class Scenario:
         """(notification_id, token) → times a provider accepted it (status 200)."""
         got: Counter = Counter()
         for kind, emulator in self.emulators.items():
-            body = emulator.get("/_emulator/received").json()
-            for item in body["received"] if isinstance(body, dict) else body:
-                if item.get("status") != 200:
-                    continue
-                if kind == "apns":
-                    nid = item["payload"].get("notification_id")
-                else:
-                    nid = item["message"].get("data", {}).get("notification_id")
-                got[(nid, item["token"])] += 1
+            got.update(accepted_pushes(kind, emulator.get("/_emulator/received").json()))
         return got
 
     def check(self, name: str, expect_retries: bool = False) -> dict:

@@ -39,6 +39,7 @@ from tests.cluster.test_autoscaling import (
     wait_for,
 )
 from tests.cluster.test_campaigns import campaign_body, import_cohort
+from tests.fault.test_faults import accepted_pushes, order_events, post_until_logged
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -141,11 +142,7 @@ class OrderUpdates:
                 }
             ),
         )
-        events = [
-            {"event_id": f"{u}-{k}", "type": "order.updated", "user_id": u,
-             "order_id": f"o{k}", "status": "shipped"}
-            for k in range(UPDATES_PER_USER) for u in self.users
-        ]  # fmt: skip
+        events = order_events(self.users, UPDATES_PER_USER)
         self.owner = {e["event_id"]: e["user_id"] for e in events}
         self.batches = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
         self.accepted: list[str] = []
@@ -153,19 +150,9 @@ class OrderUpdates:
         self.error: BaseException | None = None
 
     def post(self, batch: list[dict], client: httpx.Client) -> None:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                answer = client.post("/v1/events", json={"events": batch})
-                if answer.status_code == 202:
-                    body = answer.json()
-                    self.accepted += body["accepted"] + body["duplicate"]
-                    return
-            except httpx.HTTPError:
-                pass
-            self.retried_posts += 1
-            assert time.monotonic() < deadline, "Herald did not take events for 2 minutes"
-            time.sleep(0.5)
+        accepted, failed = post_until_logged(client, batch)
+        self.accepted += accepted
+        self.retried_posts += failed
 
     def post_all(self, pause_s: float = 0.1) -> None:
         """Every batch, paced so posting spans the node removal. Runs in a thread: a
@@ -187,14 +174,7 @@ class OrderUpdates:
             body = httpx.get(
                 f"{url}/_emulator/received", verify=str(s.apns.ca_file), timeout=30
             ).json()
-            for item in body["received"] if isinstance(body, dict) else body:
-                if item.get("status") != 200:
-                    continue
-                if kind == "apns":
-                    nid = item["payload"].get("notification_id")
-                else:
-                    nid = item["message"].get("data", {}).get("notification_id")
-                got[(nid, item["token"])] += 1
+            got.update(accepted_pushes(kind, body))
         return got
 
     def inboxes(self) -> dict[str, list[bytes]]:
