@@ -7,13 +7,14 @@ once the recent part grows past `compact_rows` rows or `compact_parts` writes.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import polars as pl
 import pyarrow as pa
 
 
-class _ColumnarTable:
+class _ColumnarTable(ABC):
     """What both tables share: a schema, a key, one compacted frame plus a short list of
     recent writes merged once they pass `compact_rows` rows or `compact_parts` writes."""
 
@@ -40,8 +41,9 @@ class _ColumnarTable:
         if self._recent_rows >= self.compact_rows or len(self._recent) >= self.compact_parts:
             self.compact()
 
+    @abstractmethod
     def compact(self) -> None:
-        raise NotImplementedError
+        """Merge the recent writes into the frame (each table merges its own way)."""
 
     def frame(self) -> pl.DataFrame:
         self.compact()
