@@ -22,6 +22,7 @@ from cluster.settings._group import Group
 from cluster.settings.edges import ApiSettings, ApnsSettings, FcmSettings, LocalSettings
 from cluster.settings.runtime import (
     CampaignSettings,
+    ContentSettings,
     EventLogSettings,
     FallbackSettings,
     FanoutSettings,
@@ -62,6 +63,7 @@ class HeraldSettings(BaseModel):
     feedback: FeedbackSettings = _group(FeedbackSettings)
     models: ModelSettings = _group(ModelSettings)
     fallback: FallbackSettings = _group(FallbackSettings)
+    content: ContentSettings = _group(ContentSettings)
     api: ApiSettings = _group(ApiSettings)
     apns: ApnsSettings = _group(ApnsSettings)
     fcm: FcmSettings = _group(FcmSettings)
@@ -149,6 +151,7 @@ GROUP_CLASSES: dict[str, type[Group]] = {
     "feedback": FeedbackSettings,
     "models": ModelSettings,
     "fallback": FallbackSettings,
+    "content": ContentSettings,
     "api": ApiSettings,
     "apns": ApnsSettings,
     "fcm": FcmSettings,

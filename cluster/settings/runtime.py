@@ -1,5 +1,5 @@
 """Settings groups of Herald's own machinery: Redis state, topology, the event log,
-retries, fan-out, senders, campaigns, feedback, models, the local stack."""
+retries, fan-out, senders, campaigns, feedback, models, content, the local stack."""
 
 from __future__ import annotations
 
@@ -357,3 +357,21 @@ class FallbackSettings(Group):
         description="Webhook (e.g. an email service) for order updates no push could reach.",
     )
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")
+
+
+class ContentSettings(Group):
+    """What notifications say: the locale templates fall back to.
+
+    Variables: `HERALD_<FIELD>`.
+    """
+
+    model_config = env_prefix("HERALD_")
+
+    default_locale: str = Field(
+        "en",
+        min_length=1,
+        max_length=35,
+        description="Locale (BCP 47, e.g. en, pt-BR) a notification renders in when its "
+        "template has neither the device's nor the profile's locale (nor their language); "
+        "then its language, then the template's first locale.",
+    )

@@ -19,6 +19,7 @@ Redis. The layout, by owner:
 | `inbox:<user>`, `inbox:<user>:items`, `stream:user:<user>` | zset, hash, pub/sub | inbox |
 | `shard:<index>:<table>` | hash | UserShard write-through |
 | `fanout:used_at`, `senders` | string, hash | fan-out and sender pools |
+| `{templates}` (+ `:versions`, `:generation`) | hash id → JSON, hash, counter | templates |
 
 The Redis Streams log's Lua script builds `event:` and `stream:` from the prefix it is
 handed; those two spellings must stay in step with `event` and `stream` below.
@@ -111,3 +112,17 @@ def fanout_used_at(settings: HeraldSettings) -> str:
 
 def sender_pool(settings: HeraldSettings) -> str:
     return _key(settings, "senders")
+
+
+def templates(settings: HeraldSettings) -> str:
+    """The shop's templates. The `{templates}` hash tag keeps the three template keys in
+    one Redis Cluster slot, so the store's put and delete scripts may touch them together."""
+    return _key(settings, "{templates}")
+
+
+def template_versions(settings: HeraldSettings) -> str:
+    return _key(settings, "{templates}", "versions")
+
+
+def templates_generation(settings: HeraldSettings) -> str:
+    return _key(settings, "{templates}", "generation")
