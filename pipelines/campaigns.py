@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from cluster.state.campaigns import SEPARATOR
-from cluster.tables.deliveries import DELIVERIES
+from cluster.tables.deliveries import DELIVERIES, NO_EXTRAS
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
 from models.bandit import choose_variants, select_top
 from models.ranker import Ranker
@@ -192,6 +192,7 @@ def render(
     v = rows["_v"]
     nid = pl.lit(cid + SEPARATOR) + pl.col("user_id")
     return rows.with_columns(
+        *NO_EXTRAS,
         notification_id=nid,
         delivery_id=pl.concat_str(nid, pl.lit("|"), pl.col("device_id")),
         title=variants["title"].gather(v),

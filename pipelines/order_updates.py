@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from cluster.tables.deliveries import DELIVERIES
+from cluster.tables.deliveries import DELIVERIES, NO_EXTRAS
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
 
 ORDER_STATUSES = (
@@ -115,7 +115,7 @@ def _deliveries(wanted: pl.DataFrame, devices: pl.DataFrame, fallback: bool) -> 
     return pl.concat(
         [
             part.with_columns(
-                delivery_id=pl.col("notification_id") + "|" + pl.col("device_id")
+                *NO_EXTRAS, delivery_id=pl.col("notification_id") + "|" + pl.col("device_id")
             ).select(_DELIVERY_COLUMNS)
             for part in parts
         ]

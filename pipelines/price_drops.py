@@ -54,7 +54,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from cluster.tables.deliveries import DELIVERIES
+from cluster.tables.deliveries import DELIVERIES, NO_EXTRAS
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
 from models.ranker import Ranker
 from pipelines import eligibility, feedback_log
@@ -316,6 +316,7 @@ def render(targets: pl.DataFrame, content: pl.DataFrame) -> pl.DataFrame:
     return (
         targets.join(content, on="event_id", how="left", maintain_order="left")
         .with_columns(
+            *NO_EXTRAS,
             delivery_id=pl.col("notification_id") + "|" + pl.col("device_id"),
             data=pl.struct(
                 notification_id=pl.col("notification_id"),

@@ -36,7 +36,7 @@ from cluster.state.campaigns import CAMPAIGN_ID, CampaignStore
 from cluster.state.deliveries import DeliveryState
 from cluster.state.frequency import FrequencyCounters
 from cluster.state.retries import RetrySchedule
-from cluster.tables.deliveries import DELIVERIES
+from cluster.tables.deliveries import DELIVERIES, conform
 from cluster.vocabulary import PUSH_CHANNELS
 from pipelines import order_updates
 
@@ -119,8 +119,11 @@ class DeliveryStep(Flow):
 
         A delivery appears at most once per call (its furthest attempt): two copies would
         each join both answers, and every retry round would then double its chains."""
-        deliveries = deliveries.sort("attempt", descending=True).unique(
-            subset="delivery_id", keep="first", maintain_order=True
+        # Retry rows come back from JSON: optional columns untyped, or missing altogether.
+        deliveries = (
+            conform(deliveries)
+            .sort("attempt", descending=True)
+            .unique(subset="delivery_id", keep="first", maintain_order=True)
         )
         if deliveries.height and (deliveries["lane"] == "marketing").any():
             deliveries = await self._drop_cancelled(deliveries, retry_members, retry_lane)

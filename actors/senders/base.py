@@ -14,12 +14,17 @@ actor's event loop, hands it batches, and — for push channels, whose senders g
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 from aiolimiter import AsyncLimiter
 
 from cluster.settings import HeraldSettings
+from cluster.tables.deliveries import RESULTS
+
+# One delivery's answer: (outcome, error, retry_after_s, acked_at), see RESULTS.
+Answer = tuple[str, str | None, float | None, float]
 
 
 class ProviderClient(Protocol):
@@ -66,3 +71,25 @@ class RateLimitedClient:
         lane's rate ceiling, so grown senders never push the project over its quota."""
         rate = self.settings.send_rate_per_s(self.channel, self.lane)
         self.limiter = AsyncLimiter(rate / replicas, 1)
+
+
+def answer_table(delivery_ids: pa.Array | list[str], answers: list[Answer]) -> pa.Table:
+    """The RESULTS table of a batch from its answers, in the batch's order: every client
+    answers the same shape, so it is built in one place."""
+    outcomes, errors, retry_after, acked_at = zip(*answers, strict=True) if answers else [()] * 4
+    return pa.table(
+        {
+            "delivery_id": delivery_ids,
+            "outcome": pa.array(outcomes, pa.string()),
+            "error": pa.array(errors, pa.string()),
+            "retry_after_s": pa.array(retry_after, pa.float64()),
+            "acked_at": pa.array(acked_at, pa.float64()),
+        },
+        schema=RESULTS,
+    )
+
+
+async def refused(error: str) -> Answer:
+    """The answer to a row that cannot be sent as asked (its `rich` outside the contract):
+    failed — retrying cannot help — without a request, so the rest of the batch goes out."""
+    return "failed", error, None, time.time()

@@ -12,6 +12,11 @@ firebase-admin's own retry transport is switched off (`max_retries=0`): it never
 503/429 responses it retries, so each leaks an HTTP/2 stream until the connection stalls
 (firebase-admin 7.x), and Herald's retry schedule — persistent, honouring Retry-After — is
 the one retry loop anyway. Every retryable answer comes back as `retry`.
+
+What a message carries is decided by the pure `fcm_message`, from the row and its `rich`
+extras (`cluster.tables.deliveries.Rich`); a row without extras is today's message:
+notification title and body, the row's data, Android priority by lane and the
+notification id as collapse key.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import certifi
 import firebase_admin
@@ -40,10 +46,12 @@ from firebase_admin.messaging import (
     UnregisteredError,
 )
 
-from actors.senders.base import RateLimitedClient
-from cluster.tables.deliveries import RESULTS
+from actors.senders.base import Answer, RateLimitedClient, answer_table
+from cluster.tables.deliveries import Rich, conform, parse_rich
 
 BATCH = 500  # send_each_async refuses more
+# What a message is built from, per delivery row.
+_COLUMNS = ("notification_id", "token", "title", "body", "data", "lane", "accepted_at")
 # Exception class → outcome, most specific first; the first match wins.
 OUTCOME_OF_ERROR: tuple[tuple[type[Exception], str], ...] = (
     (UnregisteredError, "dead_token"),
@@ -70,6 +78,49 @@ def outcome_of(error: Exception | None) -> str:
         if isinstance(error, kind):
             return outcome
     return "failed"
+
+
+def fcm_message(row: dict[str, Any], rich: Rich, now: float) -> messaging.Message:
+    """One delivery row (`_COLUMNS`) as firebase-admin's message, `rich` mapped as `Rich`
+    says: the notification with its image, the row's data (string values, the deeplink
+    among them) and Android's delivery options — priority, what is left of the TTL, the
+    collapse key (the notification id unless `rich` has one). A silent push is data only:
+    no `notification` and no `android.notification`. Herald sends iOS through APNs, so the
+    `apns` and `webpush` blocks stay empty."""
+    data = json.loads(row["data"])
+    if rich.deeplink is not None:
+        data["deeplink"] = rich.deeplink
+    notification = None
+    if not rich.background:
+        notification = messaging.Notification(
+            title=row["title"], body=row["body"], image=rich.image_url
+        )
+    return messaging.Message(
+        token=row["token"],
+        notification=notification,
+        data=data,
+        android=messaging.AndroidConfig(
+            priority=rich.priority_for(row["lane"]),
+            ttl=rich.ttl_left(row["accepted_at"], now),
+            collapse_key=rich.collapse_key or row["notification_id"],
+            notification=None if rich.background else android_notification(rich),
+        ),
+    )
+
+
+def android_notification(rich: Rich) -> messaging.AndroidNotification | None:
+    """Android's own display options, None when `rich` asks for none (a row without
+    extras sends no `android.notification`, as before rich push). The tag groups like
+    APNs' thread id, else replaces like the collapse key."""
+    options = {
+        "sound": rich.sound,
+        "tag": rich.thread_id or rich.collapse_key,
+        "click_action": rich.category,
+        "channel_id": rich.channel_id,
+        "notification_count": rich.badge,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    return messaging.AndroidNotification(**given) if given else None
 
 
 def retry_after(error: Exception | None) -> float | None:
@@ -125,39 +176,28 @@ class FcmClient(RateLimitedClient):
             },
         )
 
-    def _message(self, token: str, nid: str, title: str, body: str, data: str, lane: str):
-        return messaging.Message(
-            token=token,
-            notification=messaging.Notification(title=title, body=body),
-            data=json.loads(data),
-            android=messaging.AndroidConfig(
-                priority="high" if lane == "transactional" else "normal", collapse_key=nid
-            ),
-        )
-
     async def send(self, batch: pa.Table) -> pa.Table:
-        """Chunks of at most `BATCH` messages (`send_each_async`'s limit) in flight at once."""
-        frame = pl.from_arrow(batch)
-        messages = [
-            self._message(*row)
-            for row in frame.select("token", "notification_id", "title", "body", "data",
-                                    "lane").iter_rows()
-        ]  # fmt: skip
+        """Chunks of at most `BATCH` messages (`send_each_async`'s limit) in flight at once;
+        a row whose `rich` is outside the contract is answered failed and not sent."""
+        frame = conform(pl.from_arrow(batch))
+        riches, errors = parse_rich(frame["rich"])
+        now = time.time()
+        rows = frame.select(*_COLUMNS).iter_rows(named=True)
+        built = [
+            fcm_message(row, rich, now) if error is None else None
+            for row, rich, error in zip(rows, riches, errors, strict=True)
+        ]
+        messages = [m for m in built if m is not None]
         chunks = [messages[i : i + self.chunk] for i in range(0, len(messages), self.chunk)]
         answers = await asyncio.gather(*[self._chunk(chunk) for chunk in chunks])
-        flat = [a for chunk in answers for a in chunk]
-        return pa.table(
-            {
-                "delivery_id": frame["delivery_id"].to_arrow(),
-                "outcome": [a[0] for a in flat],
-                "error": [a[1] for a in flat],
-                "retry_after_s": pa.array([a[2] for a in flat], pa.float64()),
-                "acked_at": [a[3] for a in flat],
-            },
-            schema=RESULTS,
-        )
+        sent = iter([a for chunk in answers for a in chunk])
+        merged = [
+            next(sent) if m is not None else ("failed", error, None, now)
+            for m, error in zip(built, errors, strict=True)
+        ]
+        return answer_table(frame["delivery_id"].to_arrow(), merged)
 
-    async def _chunk(self, chunk: list) -> list[tuple[str, str | None, float | None, float]]:
+    async def _chunk(self, chunk: list[messaging.Message]) -> list[Answer]:
         async with self.in_flight:
             await self.limiter.acquire(min(len(chunk), self.limiter.max_rate))
             try:

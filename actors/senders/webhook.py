@@ -1,18 +1,22 @@
 """The fallback channel: an HTTP webhook (typically an email or SMS service) that gets an
-order update when no push reached the user. JSON in, any 2xx means delivered."""
+order update when no push reached the user. JSON in, any 2xx means delivered. The JSON
+carries the delivery's `rich` extras as given, so the receiver can use the image or the
+deeplink in its email or text."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from typing import Any
 
 import httpx
 import polars as pl
 import pyarrow as pa
 
+from actors.senders.base import Answer, answer_table, refused
 from cluster.settings import HeraldSettings
-from cluster.tables.deliveries import RESULTS
+from cluster.tables.deliveries import Rich, conform, parse_rich
 
 # status code class → outcome; decided once, like the push providers' tables.
 RETRYABLE = {408, 425, 429}
@@ -24,6 +28,21 @@ def outcome_of(status: int) -> str:
     if status in RETRYABLE or status >= 500:
         return "retry"
     return "failed"
+
+
+def webhook_body(row: dict[str, Any], rich: Rich) -> dict[str, Any]:
+    """The JSON posted for one delivery: its content, and its `rich` extras as given
+    (`Rich.present`) when it has any — a row without extras posts what it always did."""
+    body = {
+        "notification_id": row["notification_id"],
+        "user_id": row["user_id"],
+        "title": row["title"],
+        "body": row["body"],
+        "data": json.loads(row["data"]),
+    }
+    if row["rich"] is not None:
+        body["rich"] = rich.present()
+    return body
 
 
 class WebhookClient:
@@ -39,38 +58,34 @@ class WebhookClient:
         self.client = httpx.AsyncClient(timeout=self.settings.fallback.timeout_s)
 
     async def send(self, batch: pa.Table) -> pa.Table:
-        """Every row posted concurrently; 2xx delivered, 408/425/429/5xx retried."""
-        frame = pl.from_arrow(batch)
+        """Every row posted concurrently; 2xx delivered, 408/425/429/5xx retried; a row
+        whose `rich` is outside the contract is answered failed and not posted."""
+        frame = conform(pl.from_arrow(batch))
+        riches, errors = parse_rich(frame["rich"])
+        rows = frame.iter_rows(named=True)
+        answers = await asyncio.gather(
+            *[
+                self._post(row, rich) if error is None else refused(error)
+                for row, rich, error in zip(rows, riches, errors, strict=True)
+            ]
+        )
+        return answer_table(frame["delivery_id"].to_arrow(), answers)
 
-        async def one(row: dict) -> tuple[str, str, str | None, float | None, float]:
-            body = {
-                "notification_id": row["notification_id"],
-                "user_id": row["user_id"],
-                "title": row["title"],
-                "body": row["body"],
-                "data": json.loads(row["data"]),
-            }
-            try:
-                answer = await self.client.post(
-                    self.settings.fallback.webhook_url,
-                    json=body,
-                    headers={"Idempotency-Key": row["delivery_id"]},
-                )
-            except httpx.HTTPError as exc:
-                return row["delivery_id"], "retry", type(exc).__name__, None, time.time()
-            retry_after = answer.headers.get("retry-after")
-            return (
-                row["delivery_id"],
-                outcome_of(answer.status_code),
-                None if answer.is_success else f"HTTP {answer.status_code}",
-                float(retry_after) if retry_after and retry_after.isdigit() else None,
-                time.time(),
+    async def _post(self, row: dict[str, Any], rich: Rich) -> Answer:
+        try:
+            answer = await self.client.post(
+                self.settings.fallback.webhook_url,
+                json=webhook_body(row, rich),
+                headers={"Idempotency-Key": row["delivery_id"]},
             )
-
-        rows = await asyncio.gather(*[one(r) for r in frame.iter_rows(named=True)])
-        columns = list(zip(*rows, strict=True)) if rows else [[]] * 5
-        return pa.table(
-            dict(zip(RESULTS.names, [list(c) for c in columns], strict=True)), schema=RESULTS
+        except httpx.HTTPError as exc:
+            return "retry", type(exc).__name__, None, time.time()
+        retry_after = answer.headers.get("retry-after")
+        return (
+            outcome_of(answer.status_code),
+            None if answer.is_success else f"HTTP {answer.status_code}",
+            float(retry_after) if retry_after and retry_after.isdigit() else None,
+            time.time(),
         )
 
     async def close(self) -> None:

@@ -1,7 +1,8 @@
 """Delivery state in Redis: one hash per notification, one field per device/channel.
 
 `{prefix}ntf:{notification_id}` holds `meta` (who, what, when accepted) and, per delivery,
-`d:{device_id}` → JSON {channel, status, attempts, last_error, updated_at, acked_at}. A
+`d:{device_id}` → JSON {channel, status, attempts, last_error, updated_at, acked_at, and
+— when the delivery says what its content was rendered with — locale, template_version}. A
 field already `delivered` or `dead` is never sent again, which is what keeps a redelivered
 event from reaching a phone twice.
 """
@@ -18,6 +19,7 @@ import redis.asyncio as aioredis
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.state.clients import async_client
+from cluster.tables.deliveries import with_present
 
 FINAL = ("delivered", "dead", "failed", "dead_lettered", "cancelled")
 STATUS_OF_OUTCOME = {
@@ -31,6 +33,18 @@ STATUS_OF_OUTCOME = {
 # is cancelled before it is sent.
 _LIVE = ("queued", "retrying", "delivered")  # a push in these may still reach, or reached
 _NOT_PUSH = (b"d:inbox", b"d:webhook")
+
+
+# What the content was rendered with, kept in a device's status when the row says.
+RENDERED_WITH = ("locale", "template_version")
+
+
+def _status_json(rows: pl.DataFrame, **fields: str | pl.Expr) -> pl.Expr:
+    """The `value` column: a device's status as JSON — `fields`, then `RENDERED_WITH`
+    where the row has them (absent, not null, otherwise: a status written before
+    templates reads the same as one written after)."""
+    present = [name for name in RENDERED_WITH if name in rows.columns]
+    return with_present(pl.struct(**fields).struct.json_encode(), present).alias("value")
 
 
 class DeliveryState:
@@ -72,14 +86,13 @@ class DeliveryState:
         queued = deliveries.select(
             "notification_id",
             pl.format("d:{}", "device_id").alias("field"),
-            pl.struct(
+            _status_json(
+                deliveries,
                 channel="channel",
                 status=pl.lit("queued"),
                 attempts=pl.lit(0),
                 updated_at=pl.lit(now),
-            )
-            .struct.json_encode()
-            .alias("value"),
+            ),
         )
         for nid, field, value in queued.iter_rows():
             pipe.hset(self.key(nid), field, value)
@@ -98,16 +111,15 @@ class DeliveryState:
         encoded = rows.select(
             "notification_id",
             pl.format("d:{}", "device_id").alias("field"),
-            pl.struct(
+            _status_json(
+                rows,
                 channel="channel",
                 status=status_expr,
                 attempts="attempts",
                 last_error="error",
                 acked_at="acked_at",
                 updated_at=pl.lit(now),
-            )
-            .struct.json_encode()
-            .alias("value"),
+            ),
         )
         for nid, field, value in encoded.iter_rows():
             pipe.hset(self.key(nid), field, value)

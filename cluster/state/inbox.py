@@ -2,6 +2,10 @@
 a hash of the items (JSON, as `GET /v1/users/{id}/inbox` answers them) and a pub/sub
 channel the live stream (`WS /v1/users/{id}/stream`) listens on.
 
+An item is {notification_id, title, body, created_at, data} and, when its delivery's `rich`
+has them, subtitle, image_url and deeplink (built by `actors.senders.inbox.inbox_items`;
+this store keeps items as given).
+
 One Lua call per item adds it only if that notification is not in the inbox yet, trims the
 inbox to its newest `inbox_max_items` and publishes the item to the user's channel — so a
 redelivered notification can never appear twice, on screen or in the list.

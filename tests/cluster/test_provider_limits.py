@@ -36,6 +36,9 @@ def batch(uid: str, channel: str, n: int, lane: str) -> pa.Table:
             "data": [json.dumps({"notification_id": i}) for i in ids],
             "lane": [lane] * n,
             "accepted_at": [time.time()] * n,
+            "rich": [None] * n,
+            "locale": [None] * n,
+            "template_version": [None] * n,
         },
         schema=DELIVERIES,
     )
