@@ -1,6 +1,7 @@
 """What both emulators share: the received log, the fault plan, the control endpoints
-(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`), and
-the request cycle around each provider's own API (`ProviderEmulator`)."""
+(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`), the
+request cycle around each provider's own API (`ProviderEmulator`), and how a request's
+headers go into the log (`recorded_headers`)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,15 @@ def retry_after_header(state: EmulatorState, status: int) -> list[tuple[str, str
     if status in (429, 503) and state.plan.retry_after_s is not None:
         return [("retry-after", str(math.ceil(state.plan.retry_after_s)))]
     return []
+
+
+def recorded_headers(request: Request) -> dict[str, str]:
+    """Every header the client sent, so a test can check the whole request and not only the
+    few headers someone once thought of. HTTP/2's pseudo-headers are left out (the method
+    and path are what routed the request here) and the credential is reduced to its scheme:
+    the log, which any test reads and prints, shows that one was sent but never holds it."""
+    headers = {k: v for k, v in request.headers.items() if not k.startswith(":")}
+    if "authorization" in headers:
+        scheme, space, _ = headers["authorization"].partition(" ")
+        headers["authorization"] = f"{scheme} <redacted>" if space else "<redacted>"
+    return headers

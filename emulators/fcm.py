@@ -6,6 +6,16 @@ checked against the account this emulator wrote) and issues access tokens;
 Google: 200 `{"name": ...}`, or the google.rpc error JSON with an FcmError `errorCode`
 (UNREGISTERED 404, INVALID_ARGUMENT 400, QUOTA_EXCEEDED 429, UNAVAILABLE 503, INTERNAL 500,
 UNAUTHENTICATED 401, SENDER_ID_MISMATCH 403).
+
+What Google refuses in a message, and in which words, is `emulators.fcm_message`. Checks
+run in one fixed order: the bearer token, the project, the body's fields as Google's parser
+sees them, the registration token, the message's content, then the device's state (dead
+tokens) and the fault plan. A `validate_only` request is checked like any other and, when
+good, answered with Google's dry-run name (`.../messages/fake_message_id`).
+
+Every send is logged whole: the project, every header (the bearer token reduced to its
+scheme, see `recorded_headers`), the `message` object as sent, its `token`, whether it was
+`validate_only`, and for a refusal its `reason` (the error's message).
 """
 
 from __future__ import annotations
@@ -21,12 +31,17 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from emulators.common import ProviderEmulator, json_response, retry_after_header
+from emulators.common import (
+    ProviderEmulator,
+    json_response,
+    recorded_headers,
+    retry_after_header,
+)
+from emulators.fcm_message import InvalidArgument, check_content, check_fields, fcm_error
 from emulators.h2server import Request, Response
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,}:[A-Za-z0-9_\-]{20,4000}$")
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
-MAX_MESSAGE = 4096
 # status → (google.rpc status, FcmError errorCode, message)
 ERRORS = {
     400: ("INVALID_ARGUMENT", "INVALID_ARGUMENT", "Request contains an invalid argument."),
@@ -40,6 +55,8 @@ ERRORS = {
 
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+# Herald's FCM sender tells a dead token from other bad arguments by "registration token".
+TOKEN_REFUSED = "The registration token is not a valid FCM registration token"
 
 
 class FcmEmulator(ProviderEmulator):
@@ -56,38 +73,50 @@ class FcmEmulator(ProviderEmulator):
         match = _SEND.match(request.path)
         if not match or request.method != "POST":
             return self._error(404, "Not found", code="NOT_FOUND")
-        item: dict = {"project": match.group(1)}
-        status, message = self._judge(request, match.group(1), item)
+        item: dict = {"project": match.group(1), "headers": recorded_headers(request)}
+        status, message, details = self._judge(request, match.group(1), item)
+        if status != 200:
+            item["reason"] = message
+            self.state.record(item, status)
+            return self._error(status, message, details=details)
         self.state.record(item, status)
-        if status == 200:
-            name = f"projects/{self.project_id}/messages/{uuid.uuid4().int >> 64}"
-            return json_response(200, {"name": name})
-        return self._error(status, message)
+        message_id = "fake_message_id" if item.get("validate_only") else uuid.uuid4().int >> 64
+        return json_response(200, {"name": f"projects/{self.project_id}/messages/{message_id}"})
 
-    def _judge(self, request: Request, project: str, item: dict) -> tuple[int, str]:
+    def _judge(
+        self, request: Request, project: str, item: dict
+    ) -> tuple[int, str, list[dict] | None]:
+        """(200, "", None) when Google would take the message, else (status, message,
+        details) of its error; logs the message into `item` as soon as there is one."""
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.access_tokens:
-            return 401, ERRORS[401][2]
+            return 401, ERRORS[401][2], None
         if project != self.project_id:
-            return 403, ERRORS[403][2]
+            return 403, ERRORS[403][2], None
         try:
             body = json.loads(request.body)
-            message = body["message"]
-        except (ValueError, KeyError, TypeError):
-            return 400, "Invalid JSON payload received."
+        except ValueError:
+            return 400, "Invalid JSON payload received.", None
+        message = body.get("message") if isinstance(body, dict) else None
         item["message"] = message
-        token = message.get("token") if isinstance(message, dict) else None
-        item["token"] = token
-        if not token or not _TOKEN.match(token):
-            return 400, "The registration token is not a valid FCM registration token"
-        if len(request.body) > MAX_MESSAGE + 512:  # the 4 KB limit is on the message content
-            return 400, "Message is too big"
-        if token in self.state.dead:
-            return 404, ERRORS[404][2]
+        item["token"] = message.get("token") if isinstance(message, dict) else None
+        if isinstance(body, dict) and body.get("validate_only", body.get("validateOnly")):
+            item["validate_only"] = True
+        try:
+            check_fields(body)
+            if message is None:
+                raise InvalidArgument("Invalid JSON payload received.")
+            if not item["token"] or not _TOKEN.match(str(item["token"])):
+                raise InvalidArgument(TOKEN_REFUSED)
+            check_content(message)
+        except InvalidArgument as refused:
+            return 400, refused.message, refused.details
+        if item["token"] in self.state.dead:
+            return 404, ERRORS[404][2], None
         fault = self.state.draw_fault()
         if fault is not None:
-            return fault, ERRORS.get(fault, ERRORS[500])[2]
-        return 200, ""
+            return fault, ERRORS.get(fault, ERRORS[500])[2], None
+        return 200, "", None
 
     def _token(self, request: Request) -> Response:
         form = parse_qs(request.body.decode())
@@ -104,19 +133,21 @@ class FcmEmulator(ProviderEmulator):
             200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         )
 
-    def _error(self, status: int, message: str, code: str | None = None) -> Response:
+    def _error(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        details: list[dict] | None = None,
+    ) -> Response:
+        """The google.rpc error JSON; `details` default to the FcmError of the status."""
         rpc_status, error_code, _ = ERRORS.get(status, ERRORS[500])
         body = {
             "error": {
                 "code": status,
                 "message": message,
                 "status": code or rpc_status,
-                "details": [
-                    {
-                        "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
-                        "errorCode": error_code,
-                    }
-                ],
+                "details": details if details is not None else [fcm_error(error_code)],
             }
         }
         return json_response(status, body, retry_after_header(self.state, status))
