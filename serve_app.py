@@ -15,9 +15,9 @@ talk to Redis themselves.
 import asyncio
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Response, WebSocket, WebSocketDisconnect
+from fastapi import Body, FastAPI, Path, Query, Response, WebSocket, WebSocketDisconnect
 from ray import serve
 from ray.serve import Application
 
@@ -26,6 +26,7 @@ from actors.fanout_pool import running_fanout_workers
 from actors.sender_pool import running_sender_replicas
 from api.auth import admit, check_keys_before_json, require
 from api.errors import ApiError, BodySizeLimit, install_error_handlers, not_found
+from api.events import EventsAccepted, EventsIn, log_entries
 from api.fleet import Fleet
 from api.models import ModelControl
 from api.rows import device_row, preferences_row, profile_row, wishlist_rows
@@ -40,8 +41,6 @@ from api.schemas import (
     DeviceIn,
     DeviceOut,
     ErrorResponse,
-    EventsAccepted,
-    EventsIn,
     FeedbackAccepted,
     FeedbackIn,
     Inbox,
@@ -54,6 +53,13 @@ from api.schemas import (
     WishlistOut,
 )
 from api.status import notification_status
+from api.templates import (
+    TEMPLATE_PUT,
+    TemplateBook,
+    TemplateList,
+    TemplateOut,
+    parse_template,
+)
 from cluster import metrics
 from cluster.eventlog import open_event_log
 from cluster.logs import configure_logging
@@ -65,22 +71,19 @@ from cluster.state.devices import DeviceOwners
 from cluster.state.feedback import FeedbackStore
 from cluster.state.inbox import InboxStore
 from cluster.tables.devices import device_id_for
-from cluster.vocabulary import LANE_OF_TYPE, LANES
+from cluster.vocabulary import LANES
 from models.registry import Registry
+from pipelines.template_model import TEMPLATE_ID_PATTERN
 
 UserId = Annotated[str, Path(pattern=ID_PATTERN)]
 DeviceId = Annotated[str, Path(pattern=ID_PATTERN)]
 CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN)]
 NotificationId = Annotated[str, Path(pattern=NOTIFICATION_ID_PATTERN)]
 ModelVersion = Annotated[str, Path(pattern=MODEL_VERSION_PATTERN)]
-ERRORS = {
-    400: {"model": ErrorResponse},
-    401: {"model": ErrorResponse},
-    403: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-    409: {"model": ErrorResponse},
-    413: {"model": ErrorResponse},
-    422: {"model": ErrorResponse},
+TemplateId = Annotated[str, Path(pattern=TEMPLATE_ID_PATTERN)]
+TemplateBody = Annotated[dict[str, Any], Body()]  # a `TemplateIn`, checked by the handler
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422)
 }
 
 
@@ -95,6 +98,7 @@ def _api_keys() -> dict[str, list[str]]:
 
 INGEST = [require("ingest", _api_keys)]
 ADMIN = [require("admin", _api_keys)]
+TEMPLATES = {"tags": ["templates"], "dependencies": ADMIN, "response_model_exclude_none": True}
 
 api = FastAPI(
     title="Herald",
@@ -127,6 +131,7 @@ class HeraldIngress:
         self.owners = DeviceOwners(settings, self.redis)
         self.feedback = FeedbackStore(settings, self.redis)
         self.inbox = InboxStore(settings, self.redis)
+        self.templates = TemplateBook(settings, self.redis)
         ensure_actors(settings)
         self.fleet = Fleet(settings, running_fanout_workers, running_sender_replicas)
         self.models = ModelControl(Registry(settings.models_root), self.fleet.reload_fanout_workers)
@@ -201,11 +206,11 @@ class HeraldIngress:
     # --- events and status ---------------------------------------------------------------
     @api.post("/v1/events", status_code=202, tags=["events"], dependencies=INGEST)
     async def post_events(self, body: EventsIn) -> EventsAccepted:
-        """Log events durably, then answer. An event_id seen before is a duplicate and sends
-        nothing; its notification_id is its event_id."""
-        triples = [
-            (e.event_id, LANE_OF_TYPE[e.type], e.model_dump(mode="json")) for e in body.events
-        ]
+        """Check each event's template and variables (`api.event_checks`: a problem anywhere
+        refuses the batch, naming every `events[i].<field>`), log the events durably, then
+        answer. An event_id seen before is a duplicate and sends nothing."""
+        await self.templates.check(body.events)
+        triples = log_entries(body.events)
         fresh = await self.events.append(triples)
         metrics.record_ingested([e.type for e in body.events], [t[1] for t in triples], fresh)
         return EventsAccepted(
@@ -226,6 +231,40 @@ class HeraldIngress:
         return NotificationStatus(
             notification_id=notification_id, state="accepted", accepted_at=accepted_at
         )
+
+    # --- templates -----------------------------------------------------------------------
+    @api.put("/v1/templates/{template_id}", status_code=201, **TEMPLATES, **TEMPLATE_PUT)
+    async def put_template(
+        self, template_id: TemplateId, body: TemplateBody, response: Response
+    ) -> TemplateOut:
+        """Store the shop's template of this id — a new one (201) or a replacement (200) —
+        with the next version. Checked whole first (see `TemplateIn`): placeholders of
+        declared variables only, balanced braces, locale tags, each locale's push within
+        the providers' 4,096 bytes at its variables' longest; a 422 names every problem by
+        its place (`locales.fr.body`, `variables.order_id.max_length`). Events see it
+        within a second."""
+        template = parse_template(template_id, body)
+        stored, created = await self.templates.put(template)
+        if not created:
+            response.status_code = 200
+        return stored
+
+    @api.get("/v1/templates/{template_id}", **TEMPLATES)
+    async def get_template(self, template_id: TemplateId) -> TemplateOut:
+        """The shop's template of this id, else the shipped one (`version` 0, `source`
+        "default")."""
+        return await self.templates.get(template_id)
+
+    @api.get("/v1/templates", **TEMPLATES)
+    async def list_templates(self) -> TemplateList:
+        """Every template in force: the shop's, laid over the shipped ones."""
+        return await self.templates.listing()
+
+    @api.delete("/v1/templates/{template_id}", status_code=204, **TEMPLATES)
+    async def delete_template(self, template_id: TemplateId) -> Response:
+        """Remove the shop's template; the shipped one of this id (if any) applies again."""
+        await self.templates.delete(template_id)
+        return Response(status_code=204)
 
     # --- campaigns and feedback ------------------------------------------------------------
     @api.post("/v1/campaigns", status_code=202, tags=["campaigns"], dependencies=INGEST)

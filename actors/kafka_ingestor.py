@@ -1,9 +1,11 @@
 """KafkaIngestor: upstream services may produce events to Kafka instead of calling HTTP.
 
 At-least-once without auto-commit: records are validated with the same pydantic contract as
-`POST /v1/events`, valid events are appended to the durable event log (idempotent by
-event_id, so a record read twice is logged once), invalid ones go to the dead-letter stream
-with the reason, and only then are the offsets (`offset + 1` per partition) committed.
+`POST /v1/events` and checked against the templates the same way (`TemplateBook.problems`:
+the template exists, the variables fill it, the push fits), valid events are appended to
+the durable event log (idempotent by event_id, so a record read twice is logged once),
+invalid ones go to the dead-letter stream with the reason, and only then are the offsets
+(`offset + 1` per partition) committed.
 Reading, handing off and committing happen in one task, one batch at a time, so when a
 rebalance revokes partitions (which aiokafka only does inside getmany/commit) nothing done
 is left uncommitted — there is nothing for a rebalance listener to flush. A commit that
@@ -22,23 +24,23 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 
-from api.schemas import Event
+from api.events import AnyEvent, Event, log_entries
+from api.templates import TemplateBook
 from cluster import metrics
 from cluster.eventlog import open_event_log
 from cluster.eventlog.kafka import cancelled_by_caller, stop_quietly
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
 from cluster.state.dead_letters import queue_dead_letter
-from cluster.vocabulary import LANE_OF_TYPE
 
 log = logging.getLogger("herald.kafka")
 _EVENT = TypeAdapter(Event)
 _RAW_LIMIT = 64 * 1024
 
 
-def parse_record(value: bytes | None) -> tuple[list[tuple[str, str, dict]], str | None]:
-    """A record holds one event object or {"events": [...]}: its (event_id, lane, event)
-    triples, or a reason why it cannot be processed."""
+def parse_record(value: bytes | None) -> tuple[list[AnyEvent], str | None]:
+    """A record holds one event object or {"events": [...]}: its events, or a reason why
+    it cannot be processed (the first thing wrong with it)."""
     try:
         body = json.loads(value or b"")
     except (ValueError, UnicodeDecodeError):
@@ -46,7 +48,7 @@ def parse_record(value: bytes | None) -> tuple[list[tuple[str, str, dict]], str 
     items = body.get("events") if isinstance(body, dict) and "events" in body else [body]
     if not isinstance(items, list):
         return [], "'events' is not a list"
-    triples = []
+    events = []
     for i, item in enumerate(items):
         try:
             event = _EVENT.validate_python(item)
@@ -54,8 +56,14 @@ def parse_record(value: bytes | None) -> tuple[list[tuple[str, str, dict]], str 
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"] if not str(p).count("."))
             return [], f"event {i}: {where or 'event'}: {first['msg']}"
-        triples.append((event.event_id, LANE_OF_TYPE[event.type], event.model_dump(mode="json")))
-    return triples, None
+        events.append(event)
+    return events, None
+
+
+def describe(problems: list[tuple[int, str, str]]) -> str | None:
+    """The dead-letter reason of a record's template problems (None: there are none), in
+    `parse_record`'s words: `event <i>: <field>: <reason>`, every problem, `; ` between."""
+    return "; ".join(f"event {i}: {field}: {reason}" for i, field, reason in problems) or None
 
 
 class KafkaIngestor:
@@ -65,6 +73,7 @@ class KafkaIngestor:
         configure_logging(settings)
         self.settings = settings
         self.log = open_event_log(settings)
+        self.templates = TemplateBook(settings, self.log.redis)
         self.counts: Counter[str] = Counter()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -100,6 +109,14 @@ class KafkaIngestor:
         self.counts["reconnects"] += 1
         log.warning("kafka: %s; reconnecting", why)
 
+    async def _entries(self, value: bytes | None) -> tuple[list[tuple[str, str, dict]], str | None]:
+        """A record's log entries, or why it goes to the dead-letter stream instead: the
+        contract first, then the templates (as `POST /v1/events` checks them)."""
+        events, reason = parse_record(value)
+        if reason is None:
+            reason = describe(await self.templates.problems(events))
+        return (log_entries(events), None) if reason is None else ([], reason)
+
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(
@@ -111,7 +128,7 @@ class KafkaIngestor:
             pipe = self.log.redis.pipeline(transaction=False)
             for tp, records in batches.items():
                 for record in records:
-                    parsed, reason = parse_record(record.value)
+                    parsed, reason = await self._entries(record.value)
                     triples += parsed
                     if reason is not None:
                         raw = (record.value or b"")[:_RAW_LIMIT].decode("utf-8", "replace")

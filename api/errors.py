@@ -44,6 +44,14 @@ def not_found(what: str, value: str, field: str, reason: str) -> ApiError:
     )
 
 
+def invalid(fields: list[dict[str, str]]) -> ApiError:
+    """The 422 of a request that does not match the contract, naming each bad field —
+    FastAPI's validation and Herald's own checks after it (templates, variables) alike."""
+    return ApiError(
+        422, "validation_error", "the request does not match the contract", fields=fields
+    )
+
+
 def answer_error(exc: ApiError) -> JSONResponse:
     """The one error shape: {"error": {"code", "message", "fields"}} with the status."""
     body = {"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}
@@ -90,9 +98,7 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
             sub, reason = reason.split(": ", 1)  # model validators name their field first
             field = f"{field}.{sub}" if field != "body" else sub
         fields.append({"field": field, "reason": reason})
-    return answer_error(
-        ApiError(422, "validation_error", "the request does not match the contract", fields=fields)
-    )
+    return answer_error(invalid(fields))
 
 
 def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

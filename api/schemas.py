@@ -1,20 +1,20 @@
 """The HTTP contract: pydantic models for every request and answer of API v1.
 
 Limits are part of the contract and live here, checked at the door: a bad field is a 422
-that names it, never a 500 further down and never a silent drop.
+that names it, never a 500 further down and never a silent drop. The event contract
+(`POST /v1/events`, Kafka) is `api.events`; the templates' is `api.templates`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from cluster.vocabulary import CATEGORIES, VARIANT_STYLES
-from pipelines.order_updates import ORDER_STATUSES
 from pipelines.segments import Segment
 
 ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,128}$"
@@ -83,9 +83,30 @@ class Channels(Contract):
 
 
 class Categories(Contract):
+    """The fixed categories (order updates, price drops, campaigns), and any of the shop's
+    own (the `category` of a `notification.requested` event, e.g. `back_in_stock`) as
+    further `name: bool` keys — 1–64 of a–z 0–9 _ . -, starting with a letter, at most
+    `SHOP_MAX` of them. A category never mentioned is on."""
+
+    model_config = ConfigDict(extra="allow")
+    SHOP_PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+    SHOP_MAX: ClassVar[int] = 50
+
     order: bool = True
     price_alert: bool = True
     marketing: bool = True
+
+    @model_validator(mode="after")
+    def _shop_categories(self) -> Categories:
+        shop = self.model_extra or {}
+        if len(shop) > self.SHOP_MAX:
+            raise ValueError(f"at most {self.SHOP_MAX} categories of the shop's own")
+        for name, on in shop.items():
+            if not self.SHOP_PATTERN.fullmatch(name):
+                raise ValueError(f"{name!r}: 1–64 of a–z 0–9 _ . -, starting with a letter")
+            if type(on) is not bool:
+                raise ValueError(f"{name!r}: must be true or false")
+        return self
 
 
 class QuietHours(Contract):
@@ -100,50 +121,10 @@ class PreferencesIn(Contract):
     max_marketing_per_day: int = Field(3, ge=0, le=100)
 
 
-class OrderUpdated(BaseModel):
-    """An order changed state; goes to that one user, in the transactional lane."""
-
-    model_config = ConfigDict(extra="allow")  # order details ride along in the log
-
-    event_id: Identifier = Field(description="Producer-chosen idempotency key")
-    type: Literal["order.updated"]
-    user_id: Identifier
-    order_id: Identifier
-    status: Literal[ORDER_STATUSES]  # type: ignore[valid-type]
-
-
 ProductId = Annotated[
     str, Field(min_length=1, max_length=128, description="A catalogue product id, 1–128 chars")
 ]
-Price = Annotated[float, Field(gt=0, lt=1e12, allow_inf_nan=False, description="> 0")]
 WISHLIST_MAX = 1000
-
-
-class PriceDropped(BaseModel):
-    """A product got cheaper; goes to every user whose wishlist holds it, in the marketing
-    lane. Each (event, user) is one notification, id `<event_id>:<user_id>`."""
-
-    model_config = ConfigDict(extra="allow")  # product details ride along in the log
-
-    event_id: Identifier = Field(description="Producer-chosen idempotency key")
-    type: Literal["price.dropped"]
-    product_id: ProductId
-    old_price: Price
-    new_price: Price
-    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
-    title: str | None = Field(None, min_length=1, max_length=200, description="Product name")
-    category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
-        None, description="Product category; the ranker's affinity feature (unset: affinity 0)"
-    )
-
-    @model_validator(mode="after")
-    def _is_a_drop(self) -> PriceDropped:
-        if self.new_price >= self.old_price:
-            raise ValueError("new_price: must be lower than old_price")
-        return self
-
-
-Event = Annotated[OrderUpdated | PriceDropped, Field(discriminator="type")]
 
 
 class WishlistIn(Contract):
@@ -157,15 +138,6 @@ class WishlistOut(BaseModel):
     product_ids: list[str] = Field(description="As stored: duplicates dropped, order kept")
 
 
-class EventsIn(Contract):
-    events: list[Event] = Field(min_length=1, max_length=1000)
-
-
-class EventsAccepted(BaseModel):
-    accepted: list[str] = Field(description="event_ids logged now; each is its notification_id")
-    duplicate: list[str] = Field(description="event_ids seen before: nothing new is sent")
-
-
 class DeliveryStatus(BaseModel):
     device_id: str
     channel: str
@@ -177,6 +149,10 @@ class DeliveryStatus(BaseModel):
     last_error: str | None = None
     acked_at: float | None = None
     updated_at: float
+    locale: str | None = Field(None, description="The locale its content was rendered in")
+    template_version: int | None = Field(
+        None, description="The version of the template it was rendered from (0: shipped)"
+    )
 
 
 class NotificationStatus(BaseModel):
@@ -195,6 +171,9 @@ class InboxItem(BaseModel):
     notification_id: str
     title: str
     body: str
+    subtitle: str | None = None
+    image_url: str | None = None
+    deeplink: str | None = None
     data: dict[str, Any]
     created_at: float
 

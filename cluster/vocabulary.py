@@ -11,7 +11,11 @@ from __future__ import annotations
 # campaigns) — separate streams/topics, separate senders.
 LANES = ("transactional", "marketing")
 # Which lane each event type travels in.
-LANE_OF_TYPE = {"order.updated": "transactional", "price.dropped": "marketing"}
+LANE_OF_TYPE = {
+    "order.updated": "transactional",
+    "price.dropped": "marketing",
+    "notification.requested": "transactional",
+}
 
 # Delivery channels: the providers with a sender actor each, and the in-app inbox.
 CHANNELS = ("apns", "fcm", "inbox")

@@ -54,3 +54,42 @@ def test_kafka_events_are_delivered_and_garbage_dead_lettered(stack, api, kafka,
         time.sleep(0.5)
     assert "not JSON" in reasons
     assert any("event_id" in d["reason"] for d in dead)
+
+
+def _dead_letter_reasons(settings, marker: str, want: int, timeout_s: float = 30) -> list[str]:
+    """Reasons of the Kafka dead letters whose raw record holds `marker`, once `want` are in."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dead = [d for d in list_dead_letters(settings, 10_000) if d["kind"] == "kafka"]
+        reasons = [d["reason"] for d in dead if marker in d["body"]["raw"]]
+        if len(reasons) >= want or time.monotonic() > deadline:
+            return reasons
+        time.sleep(0.5)
+
+
+@pytest.mark.eventlog
+def test_kafka_notification_requests_are_checked_against_their_templates(stack, api, kafka, uid):
+    """The door's template check holds for Kafka too: a request whose variables fill its
+    template is logged, one that would leave a hole is dead-lettered with the reason."""
+
+    def request(event_id: str, **fields) -> bytes:
+        event = {"event_id": event_id, "type": "notification.requested", "category": "loyalty",
+                 "user_ids": [f"ku-{uid}"], "template_id": "order.shipped", **fields}  # fmt: skip
+        return json.dumps(event).encode()
+
+    values = [
+        request(f"kn-{uid}-good", variables={"order_id": "k1"}, ttl_s=600),
+        request(f"kn-{uid}-bad", variables={"order_id": 7}),
+        request(f"kn-{uid}-unknown", template_id=f"nope.{uid}"),
+    ]
+    asyncio.run(produce(kafka.bootstrap, stack.settings.kafka.topic, values))
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/notifications/kn-{uid}-good").status_code == 404:
+        assert time.monotonic() < deadline, "the valid request was never logged"
+        time.sleep(0.5)
+    assert sorted(_dead_letter_reasons(stack.settings, f"kn-{uid}-", want=2)) == [
+        f"event 0: template_id: no template 'nope.{uid}': neither the shop's nor a shipped one",
+        "event 0: variables.order_id: must be a string",
+    ]
+    for rejected in ("bad", "unknown"):
+        assert api.get(f"/v1/notifications/kn-{uid}-{rejected}").status_code == 404

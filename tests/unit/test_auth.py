@@ -4,7 +4,9 @@ before its body is validated, even when the body is invalid or not JSON at all.
 
 The app runs in-process: Serve's replica context (where routes find their `self` and the
 keys, see `serve_app._api_keys`) is replaced by a stand-in ingress that has only settings.
-No handler runs in these tests: each request is refused or fails validation first.
+No handler runs past its validation in these tests: each request is refused or fails
+validation first (a template's PUT body is validated by its handler, before it touches
+anything the stand-in lacks).
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ ADMIN = {
     ("DELETE", "/v1/models/shadow"),
     ("POST", "/v1/models/{version}/deploy"),
     ("POST", "/v1/models/rollback"),
+    ("GET", "/v1/templates"),
+    ("GET", "/v1/templates/{template_id}"),
+    ("PUT", "/v1/templates/{template_id}"),
+    ("DELETE", "/v1/templates/{template_id}"),
 }
 SPEC = serve_app.api.openapi()
 OPERATIONS = sorted(
@@ -66,9 +72,10 @@ INVALID_BODIES = {
 
 
 def test_the_matrix_covers_every_route():
-    assert len(GUARDED) == len(OPERATIONS) - len(PUBLIC) >= 18
+    assert len(GUARDED) == len(OPERATIONS) - len(PUBLIC) >= 22
     assert ADMIN <= {(m, p) for m, p, _ in GUARDED}
-    assert {p for _, p, body in GUARDED if body} >= {"/v1/events", "/v1/devices", "/v1/feedback"}
+    with_body = {"/v1/events", "/v1/devices", "/v1/feedback", "/v1/templates/{template_id}"}
+    assert {p for _, p, body in GUARDED if body} >= with_body
 
 
 @pytest.mark.parametrize(("method", "path", "has_body"), GUARDED)
