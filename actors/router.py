@@ -10,9 +10,11 @@ XAUTOCLAIM by a peer otherwise) and deliveries already final in the delivery sta
 skipped. While a batch is processed its lease is renewed, and a batch that fails is split
 entry by entry so one poison event is dead-lettered instead of blocking those behind it.
 
-The work itself lives in `actors.flows`, one concern a module: order updates, price drops,
-the campaign runner, housekeeping, and the delivery step they all end in. Lanes stay apart
-all the way (`actors.flows.delivery`): a big marketing fan-out never delays an order update.
+The work itself lives in `actors.flows`, one concern a module: order updates, requested
+notifications, price drops, the campaign runner, housekeeping, and the delivery step they
+all end in; the router holds the one template cache its transactional flows render from.
+Lanes stay apart all the way (`actors.flows.delivery`): a big marketing fan-out never
+delays an order update.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from actors.flows.delivery import DeliveryStep
 from actors.flows.housekeeping import Housekeeping
 from actors.flows.orders import OrderFlow
 from actors.flows.price_drops import PriceDropFlow
+from actors.flows.requested import RequestedFlow
 from actors.flows.shards import Shards
 from actors.sender_pool import SenderPool
 from cluster import metrics
@@ -41,11 +44,14 @@ from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
 from cluster.state.dead_letters import queue_dead_letter
 from cluster.state.feedback import FeedbackStore
+from cluster.state.templates import TemplateStore
 from cluster.vocabulary import LANE_OF_TYPE, LANES
+from pipelines import templates
 
 log = logging.getLogger("herald.router")
 
-# The event fields routers read; anything else an event carries stays in the log.
+# The event fields routers read; anything else an event carries stays in the log (an
+# order update's template variables are read from the whole log body).
 _EVENT_DTYPE = pl.Struct(
     {
         "event_id": pl.String,
@@ -59,12 +65,30 @@ _EVENT_DTYPE = pl.Struct(
         "currency": pl.String,
         "title": pl.String,
         "category": pl.String,
+        "template_id": pl.String,
+        "priority": pl.String,
+        "ttl_s": pl.Int64,
+        "collapse_key": pl.String,
+        "user_ids": pl.List(pl.String),
+        "channels": pl.List(pl.String),
+        "content": pl.Struct(
+            {f: pl.Int64 if f == "badge" else pl.String for f in templates.PUSH_FIELDS}
+        ),
     }
 )
-# Fields only one event type has: dropped from the other type's frame, so a price drop's
-# `title` can never shadow an order template's title in a join.
+# Objects of any keys, kept as their JSON text (what rendering and `data` read).
+_JSON_FIELDS = ("variables", "data")
+# Fields only some event types have: dropped from the other types' frames, so a price
+# drop's `title` can never shadow a template's title in a join.
 _ORDER_ONLY = ["user_id", "order_id", "status"]
-_PRICE_DROP_ONLY = ["product_id", "old_price", "new_price", "currency", "title", "category"]
+_PRICE_DROP_ONLY = ["product_id", "old_price", "new_price", "currency", "title"]
+_REQUESTED_ONLY = ["user_ids", "channels", "content", *_JSON_FIELDS]
+_OPTIONS = ["template_id", "priority", "ttl_s", "collapse_key"]
+_DROPPED_BY_TYPE = {
+    "order.updated": [*_PRICE_DROP_ONLY, *_REQUESTED_ONLY, "category"],
+    "price.dropped": [*_ORDER_ONLY, *_REQUESTED_ONLY, *_OPTIONS],
+    "notification.requested": [*_ORDER_ONLY, *_PRICE_DROP_ONLY],
+}
 
 
 class EventRouter:
@@ -85,7 +109,11 @@ class EventRouter:
         self.state = self.delivery.state
         pool = FanoutPool(settings, self.redis)
         parts = {"shards": self.shards, "delivery": self.delivery}
-        self.orders = OrderFlow(settings, self.counts, **parts)
+        # Every flow renders from one cache: each batch checks it (one GET at most a second)
+        # and renders from one snapshot, so a shop's edit is seen within a second.
+        self.templates = templates.cache(TemplateStore(settings, self.redis))
+        self.orders = OrderFlow(settings, self.counts, templates=self.templates, **parts)
+        self.requested = RequestedFlow(settings, self.counts, templates=self.templates, **parts)
         self.price_drops = PriceDropFlow(settings, self.counts, redis=self.redis, **parts)
         self.campaigns = CampaignRunner(
             settings, self.counts, store=self.delivery.campaigns, pool=pool, **parts
@@ -219,8 +247,8 @@ class EventRouter:
                 log.exception("router: entry failed; it stays pending")
 
     async def process(self, lane: str, entries: pl.DataFrame, redelivered: bool = False) -> None:
-        """One batch of log entries: unknown ones dead-lettered, order updates and price
-        drops each to their flow, then the whole batch acked."""
+        """One batch of log entries: unknown ones dead-lettered, order updates, price
+        drops and requested notifications each to their flow, then the whole batch acked."""
         events = self._frame(entries, lane)
         known = events["type"].is_in(list(LANE_OF_TYPE)) & events["event_id"].is_not_null()
         if not known.all():
@@ -228,12 +256,15 @@ class EventRouter:
                 lane, entries.filter(~known), "unknown event type or missing event_id"
             )
             events = events.filter(known)
-        orders = events.filter(pl.col("type") == "order.updated").drop(_PRICE_DROP_ONLY)
-        if orders.height:
-            await self.orders.route(orders, redelivered)
-        drops = events.filter(pl.col("type") == "price.dropped").drop(_ORDER_ONLY)
-        if drops.height:
-            await self.price_drops.route(drops, redelivered)
+        flows = {
+            "order.updated": self.orders,
+            "price.dropped": self.price_drops,
+            "notification.requested": self.requested,
+        }
+        for type_, flow in flows.items():
+            of_type = events.filter(pl.col("type") == type_).drop(_DROPPED_BY_TYPE[type_])
+            if of_type.height:
+                await flow.route(of_type, redelivered)
         await self.log.ack(lane, events["entry_id"].to_list())
         self.counts["events"] += events.height
 
@@ -282,9 +313,13 @@ class EventRouter:
 
     @staticmethod
     def _frame(entries: pl.DataFrame, lane: str) -> pl.DataFrame:
-        """Log entries with their event's fields as columns, and the notification id an
-        event's own notification takes (its event id)."""
+        """Log entries with their event's fields as columns (`variables` and `data` as
+        their JSON text), and the notification id an event's own notification takes (its
+        event id; a fan-out's flow makes its own)."""
         events = entries["body"].str.json_decode(_EVENT_DTYPE).struct.unnest()
-        return pl.concat([entries, events], how="horizontal").with_columns(
+        objects = entries.select(
+            pl.col("body").str.json_path_match(f"$.{f}").alias(f) for f in _JSON_FIELDS
+        )
+        return pl.concat([entries, events, objects], how="horizontal").with_columns(
             notification_id=pl.col("event_id"), lane=pl.lit(lane)
         )

@@ -182,9 +182,15 @@ class UserShard:
 
     def lookup(self, user_ids: list[str]) -> pa.Table:
         """One row per (user, active device) — or one row with null device columns for a
-        user without devices — with the user's preferences, defaults filled in."""
+        user without devices — with the user's preferences, defaults filled in, and the
+        locales a notification renders in: `device_locale` (the device's) and
+        `profile_locale` (the user's profile's), each null when unknown."""
         users = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)}).unique()
-        return self._with_prefs_and_devices(users).to_arrow()
+        profiles = self.tables["profiles"].where_in("user_id", users["user_id"])
+        users = users.join(
+            profiles.select("user_id", profile_locale="locale"), on="user_id", how="left"
+        )
+        return self._with_prefs_and_devices(users, locales=True).to_arrow()
 
     def wishers(self, product_ids: list[str]) -> pa.Table:
         """Everyone in this shard whose wishlist holds one of `product_ids`: one row per
@@ -197,14 +203,16 @@ class UserShard:
     def wishlist(self, user_id: str) -> list[str]:
         return self.wishlists.where_in("user_id", [user_id])["product_id"].to_list()
 
-    def _with_prefs_and_devices(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """`rows` (with a user_id column) joined with preferences and active devices."""
+    def _with_prefs_and_devices(self, rows: pl.DataFrame, locales: bool = False) -> pl.DataFrame:
+        """`rows` (with a user_id column) joined with preferences and active devices (with
+        `locales`, each device's as `device_locale`)."""
         users = rows["user_id"].unique()
+        extra = {"device_locale": pl.col("locale")} if locales else {}
         devices = (
             self.tables["devices"]
             .where_in("user_id", users)
             .filter(pl.col("active"))
-            .select("user_id", "device_id", "platform", "token")
+            .select("user_id", "device_id", "platform", "token", **extra)
         )
         prefs = self.tables["preferences"].where_in("user_id", users).drop("updated_at")
         joined = rows.join(prefs, on="user_id", how="left").with_columns(

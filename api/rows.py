@@ -9,7 +9,7 @@ import time
 
 import pyarrow as pa
 
-from api.schemas import DeviceIn, PreferencesIn, ProfileIn
+from api.schemas import Categories, DeviceIn, PreferencesIn, ProfileIn
 
 
 def minutes(hhmm: str) -> int:
@@ -32,12 +32,16 @@ def profile_row(user_id: str, profile: ProfileIn) -> pa.Table:
 
 
 def preferences_row(user_id: str, prefs: PreferencesIn) -> pa.Table:
-    """Channels as columns, categories as `cat_<name>`, quiet hours as minutes."""
+    """Channels as columns, the fixed categories as `cat_<name>`, the shop's own ones
+    turned off as the `categories_off` list, quiet hours as minutes."""
     quiet = prefs.quiet_hours
+    categories = prefs.categories.model_dump()
+    fixed = Categories.model_fields
     row = {
         "user_id": user_id,
         **prefs.channels.model_dump(),
-        **{f"cat_{k}": v for k, v in prefs.categories.model_dump().items()},
+        **{f"cat_{k}": categories[k] for k in fixed},
+        "categories_off": sorted(k for k, on in categories.items() if k not in fixed and not on),
         "quiet_start_min": minutes(quiet.start) if quiet else None,
         "quiet_end_min": minutes(quiet.end) if quiet else None,
         "max_marketing_per_day": prefs.max_marketing_per_day,

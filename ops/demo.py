@@ -127,6 +127,7 @@ def run_scenario(info: StackInfo, echo=print) -> bool:
         echo(f"posted {len(events)} order updates: {len(accepted)} accepted")
         again = api.post("/v1/events", json={"events": events[:1]}).json()
         echo(f"posted the first one again: duplicate={again['duplicate']}")
+        accepted += _request_any_notification(api, run, list(users), echo)
         statuses = wait_final(api, accepted)
 
     tokens = {d["token"]: (u, d["platform"]) for u, ds in users.items() for d in ds}
@@ -142,6 +143,31 @@ def run_scenario(info: StackInfo, echo=print) -> bool:
         ok &= status["state"] == "delivered"
     echo("demo: every notification delivered" if ok else "demo: NOT every notification delivered")
     return ok
+
+
+def _request_any_notification(
+    api: httpx.Client, run: str, users: list[str], echo=print
+) -> list[str]:
+    """A shop-defined notification (`notification.requested`): inline content with
+    variables and an image, to every demo user; its ids are `<event_id>:<user_id>`."""
+    event_id = f"demo-{run}-back-in-stock"
+    event = {
+        "event_id": event_id,
+        "type": "notification.requested",
+        "user_ids": users,
+        "category": "back_in_stock",
+        "content": {
+            "title": "Back in stock",
+            "body": "{product} is back: {left} left",
+            "image_url": "https://shop.example/img/sku-42.jpg",
+            "deeplink": "shop://product/sku-42",
+        },
+        "variables": {"product": "Trail shoes", "left": 3},
+    }
+    answer = api.post("/v1/events", json={"events": [event]})
+    answer.raise_for_status()
+    echo(f"requested a back-in-stock notification with an image for {len(users)} users")
+    return [f"{event_id}:{user}" for user in users]
 
 
 def _title(item: dict) -> str:

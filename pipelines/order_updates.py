@@ -1,5 +1,7 @@
 """order.updated → one notification for the user: a push to each active device and an
-inbox item, as the user's channel and category preferences allow.
+inbox item, as the user's channel and category preferences allow, each in its device's
+language (`pipelines.localized`: the template `order.<status>`, the shop's or the shipped
+one, filled with the event's fields).
 
 Pure functions over polars frames, so the rule is tested without a cluster and runs on a
 whole batch of events at once.
@@ -7,10 +9,14 @@ whole batch of events at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import polars as pl
 
-from cluster.tables.deliveries import DELIVERIES, NO_EXTRAS
+from cluster.tables.deliveries import DELIVERIES
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
+from pipelines.localized import localized, with_locale_columns
+from pipelines.template_model import Template
 
 ORDER_STATUSES = (
     "placed",
@@ -26,7 +32,7 @@ ORDER_STATUSES = (
     "refunded",
 )
 
-# status → (title, body); "{order_id}" is replaced per event.
+# status → (title, body) in English, the shipped templates' `en` (`default_templates`).
 TEMPLATES: dict[str, tuple[str, str]] = {
     "placed": ("Order received", "We got your order {order_id}."),
     "confirmed": ("Order confirmed", "Your order {order_id} is confirmed."),
@@ -41,52 +47,70 @@ TEMPLATES: dict[str, tuple[str, str]] = {
     "refunded": ("Refund issued", "The refund for order {order_id} is on its way."),
 }
 
-_TEMPLATES = pl.DataFrame(
-    {
-        "status": list(TEMPLATES),
-        "title": [t for t, _ in TEMPLATES.values()],
-        "body_template": [b for _, b in TEMPLATES.values()],
-    }
-)
 _CHANNELS = pl.DataFrame(
     {"platform": list(CHANNEL_OF_PLATFORM), "channel": list(CHANNEL_OF_PLATFORM.values())}
 )
 _DELIVERY_COLUMNS = [field.name for field in DELIVERIES]
+# An event's optional fields a router's frame may lack (an order update without them).
+_OPTIONAL = {
+    "template_id": pl.String,
+    "priority": pl.String,
+    "ttl_s": pl.Int64,
+    "collapse_key": pl.String,
+}
 
 
 def plan(
-    events: pl.DataFrame, audience: pl.DataFrame, fallback: bool = False
+    events: pl.DataFrame,
+    audience: pl.DataFrame,
+    fallback: bool = False,
+    *,
+    templates: Mapping[str, Template],
+    default_locale: str = "en",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Deliveries for a batch of order.updated events.
 
-    `events`: notification_id, user_id, order_id, status, lane, accepted_at.
-    `audience`: the shards' lookup rows (user × active device, preferences filled).
-    `fallback`: a webhook channel is configured; users no push can reach (no active device,
-    or push turned off) who allow email get a webhook delivery.
+    `events`: notification_id, user_id, order_id, status, lane, accepted_at; optionally
+    `body` (the logged event: its fields fill the template's variables; absent: `order_id`
+    only), `template_id` (instead of `order.<status>`), priority, ttl_s, collapse_key.
+    `audience`: the shards' lookup rows (user × active device, preferences filled, and
+    `device_locale` / `profile_locale` when known). `templates`: template_id → template
+    (the router's cache: the shop's over the shipped ones), `default_locale` the
+    deployment's. `fallback`: a webhook channel is configured; users no push can reach (no
+    active device, or push turned off) who allow email get a webhook delivery.
     Returns (deliveries in the DELIVERIES layout, suppressed notifications with a reason).
     """
-    prefs = audience.select("user_id", "push", "inbox", "email", "cat_order").unique(
-        subset="user_id"
-    )
-    devices = audience.filter(pl.col("device_id").is_not_null()).select(
-        "user_id", "device_id", "platform", "token"
-    )
+    audience = with_locale_columns(audience)
+    prefs = audience.select(
+        "user_id", "push", "inbox", "email", "cat_order", "profile_locale"
+    ).unique(subset="user_id")
     with_prefs = (
         _messages(events)
         .join(prefs, on="user_id", how="left")
         .with_columns(pl.col("push", "inbox", "email", "cat_order").fill_null(True))
     )
-    deliveries = _deliveries(with_prefs.filter(pl.col("cat_order")), devices, fallback)
-    return deliveries, _suppressed(with_prefs, deliveries)
+    rows = channel_rows(with_prefs.filter(pl.col("cat_order")), devices_of(audience), fallback)
+    rendered, unrendered = localized(rows, templates, default_locale)
+    deliveries = as_deliveries(rendered)
+    return deliveries, _suppressed(with_prefs, deliveries, unrendered)
 
 
 def _messages(events: pl.DataFrame) -> pl.DataFrame:
-    """Each event with its notification's content: the status's title, the body with the
-    order id filled in, and the JSON `data` the apps route on."""
-    return events.join(_TEMPLATES, on="status", how="left").with_columns(
-        body=pl.col("body_template").str.replace_all(
-            "{order_id}", pl.col("order_id"), literal=True
-        ),
+    """Each event with what renders it — its template (`order.<status>` unless it names
+    one) and variables (the event's own fields) — and the JSON `data` the apps route on."""
+    events = events.with_columns(
+        pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in _OPTIONAL.items()
+        if name not in events.columns
+    )
+    variables = (
+        pl.col("body")
+        if "body" in events.columns
+        else pl.struct(order_id=pl.col("order_id")).struct.json_encode()
+    )
+    return events.with_columns(
+        template_id=pl.coalesce(pl.col("template_id"), pl.lit("order.") + pl.col("status")),
+        variables=variables,
         data=pl.struct(
             notification_id=pl.col("notification_id"),
             type=pl.lit("order.updated"),
@@ -96,44 +120,87 @@ def _messages(events: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _deliveries(wanted: pl.DataFrame, devices: pl.DataFrame, fallback: bool) -> pl.DataFrame:
-    """The DELIVERIES rows of the messages users want: a push per active device where push
-    is allowed, an inbox item where the inbox is, and (with `fallback`) a webhook for those
-    no push reaches who allow email."""
+def devices_of(audience: pl.DataFrame) -> pl.DataFrame:
+    """The audience's active devices: who, which, how to reach it, and its locale."""
+    return audience.filter(pl.col("device_id").is_not_null()).select(
+        "user_id", "device_id", "platform", "token", "device_locale"
+    )
+
+
+def channel_rows(wanted: pl.DataFrame, devices: pl.DataFrame, fallback: bool) -> pl.DataFrame:
+    """One row per delivery of the messages users want (content not rendered yet): a push
+    per active device where `push` is allowed, an inbox item where `inbox` is, and (with
+    `fallback`) a webhook for those no push reaches who allow `email`. The inbox has no
+    device of its own: it reads in the profile's locale, else in one of the user's
+    devices' (the app the user reads it in), else the default."""
     pushes = (
         wanted.filter(pl.col("push"))
         .join(devices, on="user_id", how="inner")
         .join(_CHANNELS, on="platform", how="inner")
+        .drop("platform")
     )
-    inbox = wanted.filter(pl.col("inbox")).with_columns(
-        device_id=pl.lit("inbox"), channel=pl.lit("inbox"), token=pl.lit("")
+    inbox = (
+        wanted.filter(pl.col("inbox"))
+        .join(_device_language(devices), on="user_id", how="left")
+        .with_columns(
+            device_id=pl.lit("inbox"),
+            channel=pl.lit("inbox"),
+            token=pl.lit(""),
+            device_locale=pl.coalesce("profile_locale", "_device_locale"),
+        )
+        .drop("_device_locale")
     )
     parts = [pushes, inbox]
     if fallback:
         unreachable = wanted.filter(pl.col("email")).join(pushes, on="notification_id", how="anti")
         parts.append(as_fallback(unreachable))
-    return pl.concat(
-        [
-            part.with_columns(
-                *NO_EXTRAS, delivery_id=pl.col("notification_id") + "|" + pl.col("device_id")
-            ).select(_DELIVERY_COLUMNS)
-            for part in parts
-        ]
+    return pl.concat(parts, how="diagonal_relaxed")
+
+
+def _device_language(devices: pl.DataFrame) -> pl.DataFrame:
+    """Per user, the locale of their first device (by id) that has one."""
+    return devices.group_by("user_id").agg(
+        _device_locale=pl.col("device_locale").sort_by("device_id").drop_nulls().first()
     )
 
 
-def _suppressed(with_prefs: pl.DataFrame, deliveries: pl.DataFrame) -> pl.DataFrame:
-    """The notifications no delivery serves, each with the first reason that applies: the
-    order category turned off, every channel turned off, else no active device."""
+def as_deliveries(rendered: pl.DataFrame) -> pl.DataFrame:
+    """Rendered rows in the DELIVERIES layout, each with its `delivery_id`."""
+    return rendered.with_columns(
+        delivery_id=pl.col("notification_id") + "|" + pl.col("device_id")
+    ).select(_DELIVERY_COLUMNS)
+
+
+def _suppressed(
+    with_prefs: pl.DataFrame, deliveries: pl.DataFrame, unrendered: pl.DataFrame
+) -> pl.DataFrame:
+    """The order updates no delivery serves, with their reason (`suppressed`)."""
+    return suppressed(with_prefs, deliveries, unrendered, pl.col("cat_order"), "category_opt_out")
+
+
+def suppressed(
+    wanted: pl.DataFrame,
+    deliveries: pl.DataFrame,
+    unrendered: pl.DataFrame,
+    category_on: pl.Expr,
+    category_reason: str,
+) -> pl.DataFrame:
+    """The notifications of `wanted` no delivery serves, each with the first reason that
+    applies: its category turned off (`category_reason`), every channel turned off (or
+    not asked for), its template could not be filled (changed or deleted since the event
+    was accepted), else no active device."""
+    failed = pl.col("notification_id").is_in(unrendered["notification_id"].implode())
     reason = (
-        pl.when(~pl.col("cat_order"))
-        .then(pl.lit("category_opt_out"))
+        pl.when(~category_on)
+        .then(pl.lit(category_reason))
         .when(~pl.col("push") & ~pl.col("inbox"))
         .then(pl.lit("channel_opt_out"))
+        .when(failed)
+        .then(pl.lit("template_unavailable"))
         .otherwise(pl.lit("no_active_device"))
     )
     served = deliveries.select("notification_id").unique()
-    return with_prefs.join(served, on="notification_id", how="anti").select(
+    return wanted.join(served, on="notification_id", how="anti").select(
         "notification_id", "user_id", reason.alias("reason")
     )
 

@@ -1,9 +1,11 @@
 """Rendering templates and resolving locales over whole frames of notifications.
 
-Both work in columns: the only Python loops are over the distinct (template, locale)
-pairs of a frame (rendering) and over a fixed handful of candidate locales (resolution),
-never over notifications — a batch of 100,000 renders in one pass of polars string
-expressions per pair.
+Both cost a fixed, small number of polars operations per call, whatever the mix of
+templates and locales — a router's batch of 500 is the hot path, a fan-out's 100,000 the
+big one — never a loop of expressions per (template, locale) pair. What depends only on
+the templates is built once per template set and cached: each (template, locale)'s texts
+(`_catalog`), the expressions for a mix of templates (`_plan`), the tags each template
+answers to (`_locale_index`).
 
 How values become text, per variable type (the same in every field):
 - `string`, `url`: as given (in an email's `html`, HTML-escaped);
@@ -14,15 +16,27 @@ How values become text, per variable type (the same in every field):
   no thousands grouping, no currency sign (templates write `{currency}` where they want it).
 The decimal separator is a comma for the languages in `DECIMAL_COMMA_LANGUAGES`, except
 the locales in `DECIMAL_POINT_LOCALES`; a period otherwise.
+
+Rendering joins each row to its (template, locale)'s texts, each split into slots: literal
+runs (`title#0`, `title#1`, …, braces already unescaped) and the variable between them
+(`title@0`, …); a field is then one `concat_str` of its literals and, per slot, the value
+of the variable the row's template puts there. So a value is never read as template text
+(a `{name}` in a value stays as it is), and a missing one makes its field null, as
+`concat_str` does with nulls. Resolution works on the distinct (template, device, profile)
+of a frame — a few dozen in practice — in Python against each template's tags, and maps
+the answers back to the rows.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import polars as pl
 
-from pipelines.template_model import PUSH_FIELDS, Content, Template, Variable, pieces
+from pipelines.template_model import PUSH_FIELDS, TEXT_FIELDS, Template, pieces
 
 DECIMAL_COMMA_LANGUAGES = frozenset(
     "bg ca cs da de el es et fi fr hr hu id it lt lv nb nl pl pt ro ru sk sl sr sv tr uk".split()
@@ -38,6 +52,7 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
 }
 _HTML = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#x27;"))
 _DEPTHS = (3, 2, 1)  # a template's locale has at most 3 subtags (language-Script-REGION)
+_CACHED = 16  # template sets (and locale sets) kept built: a router sees one or two at a time
 
 
 def decimal_separator(locale: str) -> str:
@@ -45,6 +60,87 @@ def decimal_separator(locale: str) -> str:
     if locale in DECIMAL_POINT_LOCALES:
         return "."
     return "," if locale.split("-")[0] in DECIMAL_COMMA_LANGUAGES else "."
+
+
+class _Catalog(NamedTuple):
+    """A template set prepared for rendering: one row per (template, locale) with its texts
+    in slots (module doc), and per template and field the variable names of each slot (over
+    all its locales: a slot may hold another variable in another language)."""
+
+    frame: pl.DataFrame
+    slots: dict[str, dict[str, list[set[str]]]]  # template_id → field → slot → names
+    plans: dict[tuple, tuple]  # `_plan`s built for this set
+
+
+_catalogs: OrderedDict[tuple, tuple[tuple, _Catalog]] = OrderedDict()
+
+
+def _cached(cache: OrderedDict, key: tuple, build: Any, *args: Any) -> Any:
+    """`build(*args)` memoised in `cache` (most recent `_CACHED`); the value keeps `args`
+    alive so that the `id`s in a key are never reused while the key is cached."""
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = (args, build(*args))
+        if len(cache) > _CACHED:
+            cache.popitem(last=False)
+    return cache[key][1]
+
+
+def _catalog(templates: Mapping[str, Template]) -> _Catalog:
+    """The cached `_Catalog` of `templates`, keyed by the identity and version of each
+    template (templates are frozen: a put makes a new object, so a new key)."""
+    key = tuple((tid, id(t), t.version) for tid, t in templates.items())
+    return _cached(_catalogs, key, _build_catalog, dict(templates))
+
+
+def _build_catalog(templates: Mapping[str, Template]) -> _Catalog:
+    """Every field of every (template, locale) split into slots once: the per-row work is
+    then a join and a `concat_str`, whatever the number of templates."""
+    rows: dict[str, list] = {
+        c: [] for c in ("template_id", "locale", "_sep", "badge", "template_version")
+    }
+    texts: dict[str, list[tuple[list[str | None], list[str]]]] = {f: [] for f in TEXT_FIELDS}
+    slots: dict[str, dict[str, list[set[str]]]] = {}
+    for tid, template in templates.items():
+        slots[tid] = {f: [] for f in TEXT_FIELDS}
+        for locale, content in template.locales.items():
+            row = (tid, locale, decimal_separator(locale), content.badge, template.version)
+            for column, value in zip(rows, row, strict=True):
+                rows[column].append(value)
+            for f in TEXT_FIELDS:
+                literals, names = _split(getattr(content, f))
+                texts[f].append((literals, names))
+                used = slots[tid][f]
+                used.extend(set() for _ in range(len(names) - len(used)))
+                for slot, name in zip(used, names, strict=False):
+                    slot.add(name)
+    schema = {c: OUTPUT_SCHEMA.get(c, pl.String()) for c in rows}
+    for f, entries in texts.items():
+        width = max((len(names) for _, names in entries), default=0)
+        for k in range(width + 1):  # past a text's last slot: "" (None when the field is unset)
+            rows[f"{f}#{k}"] = [
+                lits[k] if k < len(lits) else None if lits[0] is None else "" for lits, _ in entries
+            ]
+        for k in range(width):
+            rows[f"{f}@{k}"] = [names[k] if k < len(names) else None for _, names in entries]
+    schema |= {c: pl.String() for c in rows if c not in schema}
+    return _Catalog(pl.DataFrame(rows, schema=schema), slots, {})
+
+
+def _split(text: str | None) -> tuple[list[str | None], list[str]]:
+    """`text` as literal runs around its placeholders (one more run than names); None as
+    one null run, so that every slot of an unset field is null."""
+    if text is None:
+        return [None], []
+    literals, names = [""], []
+    for piece in pieces(text):
+        if piece.variable:
+            names.append(piece.text)
+            literals.append("")
+        else:
+            literals[-1] += piece.text
+    return literals, names
 
 
 def render(
@@ -63,83 +159,118 @@ def render(
     (`validate_variables`), and a null here is a bug to surface, never a hole in a text.
     Fields the locale does not set are null (`badge` an Int32).
     """
-    columns = ["template_id", "locale", *(["variables"] if "variables" in frame.columns else [])]
-    rows = frame.select(columns).with_row_index("_row")
-    schema = {"_row": pl.UInt32(), **{f: OUTPUT_SCHEMA[f] for f in fields}}
-    schema["template_version"] = pl.Int64()
-    parts = [pl.DataFrame(schema=schema)]
-    for (template_id, locale), group in rows.partition_by(
-        "template_id", "locale", as_dict=True
-    ).items():
-        template = templates.get(template_id) if template_id is not None else None
-        content = template.locales.get(locale) if template is not None else None
-        if content is not None:
-            part = _render_group(group, template, locale, content, fields)
-            parts.append(part.select(schema.keys()).cast(schema))
-    rendered = pl.concat(parts, how="vertical")
+    catalog = _catalog(templates)
+    dtype = frame.schema.get("variables")
+    ids = frame.get_column("template_id").unique().to_list()
+    key = (tuple(sorted(t for t in ids if t in catalog.slots)), tuple(fields), dtype)
+    if key not in catalog.plans:
+        if len(catalog.plans) >= _CACHED * 16:
+            catalog.plans.clear()
+        catalog.plans[key] = _plan(catalog, templates, *key)
+    texts, values, content = catalog.plans[key]
     return (
-        rows.select("_row")
-        .join(rendered, on="_row", how="left", maintain_order="left")
-        .drop("_row")
+        frame.lazy()
+        .select(
+            pl.col("template_id").cast(pl.String),
+            pl.col("locale").cast(pl.String),
+            *(["variables"] if dtype is not None else []),
+        )
+        .join(content.lazy(), on=["template_id", "locale"], how="left", maintain_order="left")
+        .with_columns(values)
+        .select(texts)
+        .collect(engine="in-memory")
     )
 
 
-def _render_group(
-    group: pl.DataFrame, template: Template, locale: str, content: Content, fields: Sequence[str]
-) -> pl.DataFrame:
-    """One (template, locale) pair's rows: each variable's text as a column once, then
-    every field a `concat_str` of its literal pieces and those columns."""
-    values = _variable_texts(group, template.variables, locale)
-    escaped = "html" in fields and content.html is not None
-    prepared = group.with_columns(
-        **{f"_v_{name}": text for name, text in values.items()},
-        **{f"_h_{name}": _html_escaped(text) for name, text in values.items() if escaped},
-    )
-    exprs = []
-    for field in fields:
-        value = getattr(content, field)
-        if field == "badge":
-            exprs.append(pl.lit(value, dtype=pl.Int32).alias(field))
-        elif value is None:
-            exprs.append(pl.lit(None, dtype=pl.String).alias(field))
-        else:
-            exprs.append(_text(value, "_h_" if field == "html" else "_v_").alias(field))
-    return prepared.select(
-        "_row", *exprs, template_version=pl.lit(template.version, dtype=pl.Int64)
-    )
+def _plan(
+    catalog: _Catalog,
+    templates: Mapping[str, Template],
+    ids: tuple[str, ...],
+    fields: tuple[str, ...],
+    dtype: pl.DataType | None,
+) -> tuple[list[pl.Expr], list[pl.Expr], pl.DataFrame]:
+    """What `render` runs for rows of the templates `ids` (cached per catalog: the same
+    few mixes come back batch after batch): the output columns, the variable values they
+    read, and the catalog's columns they need."""
+    slots = {f: _union([catalog.slots[t][f] for t in ids]) for f in fields if f != "badge"}
+    types = _types([templates[t] for t in ids])
+    values = {
+        f"{'_h_' if f == 'html' else '_v_'}{name}": _value(dtype, name, types[name], f == "html")
+        for f, used in slots.items()
+        for name in set().union(*used)
+    }
+    texts = {f: _filled(f, used) for f, used in slots.items()}
+    columns = {f: OUTPUT_SCHEMA[f] for f in fields} | {"template_version": pl.Int64()}
+    parts = [
+        f"{f}{s}{k}"
+        for f, used in slots.items()
+        for s, n in (("#", 1), ("@", 0))
+        for k in range(len(used) + n)
+    ]
+    passed = [c for c in ("badge", "template_version") if c in columns]
+    content = catalog.frame.select("template_id", "locale", "_sep", *parts, *passed)
+    out = [texts.get(c, pl.col(c)).cast(kind).alias(c) for c, kind in columns.items()]
+    return out, [v.alias(k) for k, v in values.items()], content
 
 
-def _text(value: str, prefix: str) -> pl.Expr:
-    parts = [pl.col(prefix + p.text) if p.variable else pl.lit(p.text) for p in pieces(value)]
-    if not parts:
-        return pl.lit("")
-    if len(parts) == 1:
-        return parts[0].cast(pl.String)
-    return pl.concat_str(parts, ignore_nulls=False)
+def _union(per_template: Sequence[list[set[str]]]) -> list[set[str]]:
+    """Slot by slot, the variable names any of the templates puts there."""
+    width = max((len(slots) for slots in per_template), default=0)
+    return [set().union(*(s[k] for s in per_template if k < len(s))) for k in range(width)]
 
 
-def _variable_texts(
-    group: pl.DataFrame, variables: Mapping[str, Variable], locale: str
-) -> dict[str, pl.Expr]:
-    """Each declared variable of the group's rows as text (see the module doc); null where
-    it is absent."""
-    dtype = group.schema.get("variables")
-    texts = {}
-    for name, variable in variables.items():
-        if dtype == pl.String:
-            raw = pl.col("variables").str.json_path_match(f"$.{name}")
-        elif isinstance(dtype, pl.Struct) and name in {f.name for f in dtype.fields}:
-            raw = pl.col("variables").struct.field(name)
-        else:
-            raw = pl.lit(None, dtype=pl.String)
-        texts[name] = _as_text(raw, variable, decimal_separator(locale))
-    return texts
+def _types(templates: Iterable[Template]) -> dict[str, dict[str, list[str]]]:
+    """variable name → type → the templates declaring it so: a name may mean a string in one
+    template and money in another, and each row renders it as its own template says."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for template in templates:
+        for name, variable in template.variables.items():
+            out.setdefault(name, {}).setdefault(variable.type, []).append(template.template_id)
+    return out
 
 
-def _as_text(raw: pl.Expr, variable: Variable, separator: str) -> pl.Expr:
-    if variable.type == "integer":
+def _value(
+    dtype: pl.DataType | None, name: str, types: Mapping[str, list[str]], html: bool
+) -> pl.Expr:
+    """Variable `name` of each row as text, converted by its template's type (module doc),
+    HTML-escaped for `html`; null where missing. `dtype`: the `variables` column's."""
+    if dtype == pl.String:
+        raw = pl.col("variables").str.json_path_match(f"$.{name}")
+    elif isinstance(dtype, pl.Struct) and name in {f.name for f in dtype.fields}:
+        raw = pl.col("variables").struct.field(name)
+    else:
+        raw = pl.lit(None, dtype=pl.String)
+    texts = {kind: _as_text(raw, kind) for kind in types}
+    if len(texts) == 1:
+        (text,) = texts.values()
+    else:
+        chain: Any = pl
+        for kind, text in texts.items():
+            chain = chain.when(pl.col("template_id").is_in(types[kind])).then(text)
+        text = chain.otherwise(pl.lit(None, dtype=pl.String))
+    return _html_escaped(text) if html else text
+
+
+def _filled(field: str, slots: Sequence[set[str]]) -> pl.Expr:
+    """`field` of each row: its literal runs and, slot by slot, the value of the variable
+    its template puts there ("" past the template's last slot; null when missing)."""
+    prefix = "_h_" if field == "html" else "_v_"
+    parts = [pl.col(f"{field}#0")]
+    for k, names in enumerate(slots):
+        chain: Any = pl
+        for name in sorted(names):
+            chain = chain.when(pl.col(f"{field}@{k}") == name).then(pl.col(prefix + name))
+        parts += [chain.otherwise(pl.lit("")), pl.col(f"{field}#{k + 1}")]
+    return (pl.concat_str(parts, ignore_nulls=False) if slots else parts[0]).alias(field)
+
+
+def _as_text(raw: pl.Expr, kind: str) -> pl.Expr:
+    """`raw` as text by its variable's type `kind` (module doc), with the decimal separator
+    of the row's locale: the catalog's `_sep`, joined on."""
+    separator = pl.col("_sep")
+    if kind == "integer":
         return raw.cast(pl.Int64, strict=False).cast(pl.String)
-    if variable.type == "number":
+    if kind == "number":
         number = raw.cast(pl.Float64, strict=False)
         whole = (number == number.round(0)) & (number.abs() < 1e15)
         text = (
@@ -147,20 +278,22 @@ def _as_text(raw: pl.Expr, variable: Variable, separator: str) -> pl.Expr:
             .then(number.cast(pl.Int64, strict=False).cast(pl.String))
             .otherwise(number.cast(pl.String))
         )
-        return text.str.replace(".", separator, literal=True) if separator != "." else text
-    if variable.type == "money":
+        comma = text.str.replace(".", ",", literal=True)
+        return pl.when(separator == ",").then(comma).otherwise(text)
+    if kind == "money":
         cents = (raw.cast(pl.Float64, strict=False) * 100).round(0).cast(pl.Int64, strict=False)
         units = cents.abs()
         return pl.concat_str(
             pl.when(cents < 0).then(pl.lit("-")).otherwise(pl.lit("")),
             (units // 100).cast(pl.String),
-            pl.lit(separator),
+            separator,
             (units % 100).cast(pl.String).str.zfill(2),
         )
     return raw.cast(pl.String, strict=False)
 
 
 def _html_escaped(text: pl.Expr) -> pl.Expr:
+    """`text` safe inside HTML markup and attribute values (`&` first, so once)."""
     for char, entity in _HTML:
         text = text.str.replace_all(char, entity, literal=True)
     return text
@@ -187,38 +320,69 @@ def resolve_locales(
     None of them: the template's first locale in sorted order. An unknown template (or a
     null `template_id`): null. A missing `device` / `profile` column counts as null.
     """
-    ids = list(available_by_template)
-    locales = [sorted(available_by_template[i]) for i in ids]
-    canonical = {tag.lower(): tag for tags in locales for tag in tags}
-    known = pl.DataFrame(
-        {
-            "template_id": pl.Series(ids, dtype=pl.String),
-            "_known": pl.Series([[t.lower() for t in tags] for tags in locales]),
-            "_first": pl.Series([tags[0] if tags else None for tags in locales], dtype=pl.String),
-        },
-        schema={"template_id": pl.String, "_known": pl.List(pl.String), "_first": pl.String},
+    available = tuple((tid, tuple(tags)) for tid, tags in available_by_template.items())
+    index = _cached(_indexes, (available, default), _locale_index, available, default)
+    names = {"template_id": "template_id", "_device": device, "_profile": profile}
+    keys = frame.select(
+        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(pl.String).alias(column)
+        for column, name in names.items()
     )
-    sources = {
-        f"_{role}": pl.col(name).cast(pl.String)
-        if name in frame.columns
-        else pl.lit(None, dtype=pl.String)
-        for role, name in (("device", device), ("profile", profile))
-    }
-    chain = [pl.col("_device"), pl.col("_profile"), pl.lit(default, dtype=pl.String)]
-    candidates = [form for source in chain for form in _general_forms(source)]
-    found = pl.coalesce(
-        [pl.when(pl.col("_known").list.contains(c)).then(c) for c in candidates]
-    ).replace_strict(canonical, default=None, return_dtype=pl.String)
-    return (
-        frame.select(pl.col("template_id").cast(pl.String), **sources)
-        .join(known, on="template_id", how="left", maintain_order="left")
-        .select(pl.coalesce(found, pl.col("_first")).alias("locale"))
-        .to_series()
+    # Resolved once per distinct (template, device, profile) — a handful per batch, as the
+    # same few locales come back — and joined back: never a Python step per notification.
+    combos = keys.unique().rows()
+    resolved = pl.DataFrame(
+        [(*combo, index.resolve(*combo)) for combo in combos],
+        schema=dict.fromkeys((*names, "locale"), pl.String),
+        orient="row",
     )
+    joined = keys.join(
+        resolved, on=list(names), how="left", nulls_equal=True, maintain_order="left"
+    )
+    return joined.get_column("locale")
 
 
-def _general_forms(tag: pl.Expr) -> list[pl.Expr]:
-    """`tag` normalised (lower case, `_` → `-`) and cut to 3, 2 and 1 subtags."""
-    parts = tag.str.replace_all("_", "-", literal=True).str.strip_chars().str.to_lowercase()
-    parts = parts.str.split("-")
-    return [parts.list.head(n).list.join("-") for n in _DEPTHS]
+class _LocaleIndex(NamedTuple):
+    """A locale set prepared for `resolve_locales`: per template its tags by lower case (in
+    the canonical case any template spells them), and the locale when no row's tag matches
+    (the default's most specific form the template has, else its first sorted)."""
+
+    known: dict[str, dict[str, str]]
+    fallbacks: dict[str, str | None]
+
+    def resolve(self, template_id: str | None, device: str | None, profile: str | None):
+        """One distinct (template, device, profile)'s locale (`resolve_locales`)."""
+        known = self.known.get(template_id) if template_id is not None else None
+        if known is None:
+            return None
+        for tag in (device, profile):
+            for form in _general_forms(tag) if tag is not None else ():
+                if form in known:
+                    return known[form]
+        return self.fallbacks[template_id]
+
+
+_indexes: OrderedDict[tuple, tuple[tuple, _LocaleIndex]] = OrderedDict()
+# What polars' `strip_chars()` strips (Unicode White_Space; `str.strip()` would also strip
+# U+001C..U+001F).
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+_WHITESPACE += "\u2028\u2029\u202f\u205f\u3000"
+
+
+def _locale_index(available: Sequence[tuple[str, Sequence[str]]], default: str) -> _LocaleIndex:
+    """The `_LocaleIndex` of a locale set; the canonical case of a tag two templates spell
+    differently is the last one's, in sorted order (as resolution has always had it)."""
+    canonical = {tag.lower(): tag for _, tags in available for tag in sorted(tags)}
+    known = {tid: {tag.lower(): canonical[tag.lower()] for tag in tags} for tid, tags in available}
+    fallbacks = {}
+    for tid, tags in available:
+        found = next((known[tid][f] for f in _general_forms(default) if f in known[tid]), None)
+        fallbacks[tid] = found if found is not None else min(tags, default=None)
+    return _LocaleIndex(known, fallbacks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _general_forms(tag: str) -> tuple[str, ...]:
+    """`tag` normalised (lower case, `_` → `-`, whitespace stripped) and cut to 3, 2 and 1
+    subtags; cached, as the same few device locales come back batch after batch."""
+    parts = tag.replace("_", "-").strip(_WHITESPACE).lower().split("-")
+    return tuple("-".join(parts[:n]) for n in _DEPTHS)

@@ -3,6 +3,8 @@
 - `delivery`: the one delivery step every lane and flow ends in — record queued, hold the
   quiet-hours ones, send, record outcomes, deactivate dead tokens, fall back to the webhook.
 - `orders`: order updates (transactional lane).
+- `requested`: the shop's `notification.requested` events (transactional lane), one
+  notification per (event, user), from a template or inline content.
 - `price_drops`: price-drop fan-out to wishers, with the ranker it scores them by.
 - `campaigns`: the campaign runner (planning in the fan-out pool, streaming the batches).
 - `housekeeping`: router 0's loops — feedback export, fan-out pool shrink, sender scaling.

@@ -36,9 +36,11 @@ from cluster.state.campaigns import CAMPAIGN_ID, CampaignStore
 from cluster.state.deliveries import DeliveryState
 from cluster.state.frequency import FrequencyCounters
 from cluster.state.retries import RetrySchedule
+from cluster.state.templates import TemplateCache
 from cluster.tables.deliveries import DELIVERIES, conform
 from cluster.vocabulary import PUSH_CHANNELS
 from pipelines import order_updates
+from pipelines.templates import Template
 
 log = logging.getLogger("herald.router")
 
@@ -64,6 +66,22 @@ class DeliveryStep(Flow):
         self.outcomes = Outcomes(
             self.settings, self.counts, self.state, self.retries, self.campaigns
         )
+
+    async def deliver_transactional(
+        self,
+        deliveries: pl.DataFrame,
+        suppressed: pl.DataFrame,
+        meta: pl.DataFrame,
+        redelivered: bool,
+    ) -> None:
+        """A transactional batch (order updates, requested notifications): on a
+        redelivery, deliveries already final (or owned by the retry schedule) are left
+        out → record the notifications' `meta`, the suppressed with their reason and the
+        deliveries as queued → send."""
+        if redelivered and deliveries.height:
+            deliveries = deliveries.filter(~(await self.state.finished(deliveries)))
+        await self.state.record_routed(deliveries, suppressed, meta)
+        await self.send(deliveries.with_columns(attempt=pl.lit(0)))
 
     async def deliver_marketing(
         self,
@@ -253,3 +271,14 @@ class DeliveryStep(Flow):
         await self.state.record_routed(fallback, pl.DataFrame(), pl.DataFrame())
         self.counts["fallbacks"] += fallback.height
         await self.send(fallback)
+
+
+@dataclass(eq=False)
+class TransactionalFlow(Flow):
+    """What the transactional flows (order updates, requested notifications) are made
+    of: the shard calls, this delivery step and the router's template cache (one for all
+    flows, so each batch renders from one snapshot of the shop's templates)."""
+
+    shards: Shards
+    delivery: DeliveryStep
+    templates: TemplateCache[Template]

@@ -20,7 +20,8 @@ def test_demo_scenario_delivers_everything(stack):
     assert lines[-1] == "demo: every notification delivered"
     assert any(line.startswith("APNs emulator got for alice (ios)") for line in lines)
     assert any(line.startswith("FCM emulator got for alice (android)") for line in lines)
-    assert sum(line.startswith("notification ") for line in lines) == 4
+    assert sum(line.startswith("notification ") for line in lines) == 8  # 4 orders + 4 requested
+    assert any("got for alice (ios): Back in stock" in line for line in lines)
 
 
 def test_status_shows_the_cluster_at_a_glance(stack, api, uid):

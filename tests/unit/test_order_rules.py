@@ -4,7 +4,9 @@ import json
 
 import polars as pl
 
-from pipelines.order_updates import TEMPLATES, plan
+from pipelines.order_updates import TEMPLATES
+from pipelines.order_updates import plan as plan_with
+from pipelines.templates import defaults, parse
 
 EVENTS = pl.DataFrame(
     {
@@ -28,6 +30,17 @@ AUDIENCE = pl.DataFrame(
         "token": ["a" * 64, "x:y", None, "w:z", "b" * 64, "q:r"],
     }
 )
+
+
+def plan(events, audience, fallback=False, templates=None, default_locale="en"):
+    """The rule with the shipped templates unless a test hands others."""
+    return plan_with(
+        events,
+        audience,
+        fallback,
+        templates=defaults() if templates is None else templates,
+        default_locale=default_locale,
+    )
 
 
 def by_notification(deliveries: pl.DataFrame) -> dict[str, set[tuple[str, str]]]:
@@ -80,3 +93,90 @@ def test_fallback_reaches_users_no_push_can_reach_who_allow_email():
     }
     # n2 has no device; n3 turned push off but also email; n4 opted out of orders.
     assert webhooks == {"n2"}
+
+
+LOCALIZED = EVENTS.head(1).with_columns(user_id=pl.lit("u"))
+
+
+def _audience(device_locales, profile_locale=None):
+    n = len(device_locales)
+    return pl.DataFrame(
+        {
+            "user_id": ["u"] * n,
+            "push": [True] * n,
+            "inbox": [True] * n,
+            "email": [True] * n,
+            "cat_order": [True] * n,
+            "device_id": [f"d{i}" for i in range(n)],
+            "platform": ["ios"] * n,
+            "token": ["a" * 64] * n,
+            "device_locale": pl.Series(device_locales, dtype=pl.String),
+            "profile_locale": pl.Series([profile_locale] * n, dtype=pl.String),
+        }
+    )
+
+
+def _texts(deliveries):
+    return {
+        row["device_id"]: (row["title"], row["body"], row["locale"], row["template_version"])
+        for row in deliveries.iter_rows(named=True)
+    }
+
+
+def test_each_device_in_its_language_else_the_profile_else_the_default():
+    deliveries, _ = plan(LOCALIZED, _audience(["de-DE", None], profile_locale="fr"))
+    got = _texts(deliveries)
+    assert got["d0"] == ("Bestellung versandt", "Ihre Bestellung o1 ist unterwegs.", "de", 0)
+    assert got["d1"] == ("Commande expédiée", "Votre commande o1 est en route.", "fr", 0)
+    assert got["inbox"][2] == "fr"  # the inbox follows the profile
+    deliveries, _ = plan(LOCALIZED, _audience([None, "de-AT"]))
+    assert _texts(deliveries)["inbox"][2] == "de"  # else the user's device
+    deliveries, _ = plan(LOCALIZED, _audience([None]), default_locale="es")
+    assert _texts(deliveries)["d0"][:3] == ("Pedido enviado", "Tu pedido o1 está en camino.", "es")
+
+
+def test_english_stays_as_it_was_and_carries_no_extras():
+    deliveries, _ = plan(LOCALIZED, _audience(["en-US"]))
+    row = deliveries.filter(pl.col("device_id") == "d0").row(0, named=True)
+    assert (row["title"], row["body"]) == ("Order shipped", "Your order o1 is on its way.")
+    assert row["rich"] is None and row["locale"] == "en"
+
+
+def test_regional_locale_falls_back_to_its_language_and_shop_override_wins():
+    shop = parse(
+        {
+            "template_id": "order.shipped",
+            "category": "order",
+            "version": 7,
+            "variables": {"order_id": {"type": "string"}},
+            "locales": {
+                "en": {"title": "On its way", "body": "Order {order_id} left us."},
+                "pt": {
+                    "title": "Pedido enviado",
+                    "body": "O pedido {order_id} saiu.",
+                    "sound": "x",
+                },
+            },
+        }
+    )
+    templates = {**defaults(), "order.shipped": shop}
+    deliveries, _ = plan(LOCALIZED, _audience(["pt-BR", "en"]), templates=templates)
+    got = _texts(deliveries)
+    assert got["d0"] == ("Pedido enviado", "O pedido o1 saiu.", "pt", 7)
+    assert got["d1"] == ("On its way", "Order o1 left us.", "en", 7)
+    rich = deliveries.filter(pl.col("device_id") == "d0")["rich"][0]
+    assert json.loads(rich) == {"sound": "x"}
+
+
+def test_event_template_and_delivery_options():
+    events = LOCALIZED.with_columns(
+        template_id=pl.lit("order.delayed"),
+        priority=pl.lit("high"),
+        ttl_s=pl.lit(600, dtype=pl.Int64),
+        collapse_key=pl.lit("o1"),
+        body=pl.lit('{"order_id": "o1", "status": "shipped"}'),
+    )
+    deliveries, _ = plan(events, _audience(["en"]))
+    row = deliveries.filter(pl.col("device_id") == "d0").row(0, named=True)
+    assert row["title"] == "Order delayed"
+    assert json.loads(row["rich"]) == {"priority": "high", "ttl_s": 600, "collapse_key": "o1"}

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from pipelines import price_drops
 from pipelines.order_updates import ORDER_STATUSES, TEMPLATES
+from pipelines.template_model import PUSH_FIELDS
+from pipelines.template_render import decimal_separator
 from pipelines.templates import (
     PAYLOAD_LIMIT_BYTES,
     apns_payload,
@@ -393,3 +395,235 @@ def test_the_english_price_drop_says_what_it_said_before() -> None:
     assert now["body"].to_list() == before["body"].to_list()
     german = render(frame.with_columns(locale=pl.lit("de")), defaults())["body"][0]
     assert german == "Trail shoes kostet jetzt 59,90 EUR (vorher 89,00 EUR)."
+
+
+# --- equivalence with the per-(template, locale) implementation ------------------------------
+# The renderer before the join-based one (one `concat_str` per field per pair, one expression
+# tree per candidate locale), kept as the reference the columnar one must equal exactly.
+
+
+def _reference_render(frame: pl.DataFrame, templates: dict, fields) -> pl.DataFrame:
+    from pipelines.template_model import pieces
+    from pipelines.template_render import OUTPUT_SCHEMA
+
+    def text(value: str, prefix: str) -> pl.Expr:
+        parts = [pl.col(prefix + p.text) if p.variable else pl.lit(p.text) for p in pieces(value)]
+        return parts[0].cast(pl.String) if len(parts) == 1 else pl.concat_str(parts)
+
+    columns = ["template_id", "locale", *(["variables"] if "variables" in frame.columns else [])]
+    rows = frame.select(columns).with_row_index("_row")
+    schema = {"_row": pl.UInt32(), **{f: OUTPUT_SCHEMA[f] for f in fields}}
+    schema["template_version"] = pl.Int64()
+    parts = [pl.DataFrame(schema=schema)]
+    groups = rows.partition_by("template_id", "locale", as_dict=True)
+    for (template_id, locale), group in groups.items():
+        template = templates.get(template_id) if template_id is not None else None
+        content = template.locales.get(locale) if template is not None else None
+        if content is None:
+            continue
+        dtype, values = group.schema.get("variables"), {}
+        for name, variable in template.variables.items():
+            if dtype == pl.String:
+                raw = pl.col("variables").str.json_path_match(f"$.{name}")
+            elif isinstance(dtype, pl.Struct) and name in {f.name for f in dtype.fields}:
+                raw = pl.col("variables").struct.field(name)
+            else:
+                raw = pl.lit(None, dtype=pl.String)
+            values[name] = _reference_text(raw, variable.type, decimal_separator(locale))
+        prepared = group.with_columns(
+            **{f"_v_{n}": v for n, v in values.items()},
+            **{f"_h_{n}": _reference_escaped(v) for n, v in values.items()},
+        )
+        exprs = [
+            pl.lit(content.badge, dtype=pl.Int32).alias(f)
+            if f == "badge"
+            else pl.lit(None, dtype=pl.String).alias(f)
+            if getattr(content, f) is None
+            else text(getattr(content, f), "_h_" if f == "html" else "_v_").alias(f)
+            for f in fields
+        ]
+        part = prepared.select("_row", *exprs, template_version=pl.lit(template.version))
+        parts.append(part.select(schema.keys()).cast(schema))
+    rendered = pl.concat(parts, how="vertical")
+    return rows.select("_row").join(rendered, on="_row", how="left").sort("_row").drop("_row")
+
+
+def _reference_text(raw: pl.Expr, kind: str, separator: str) -> pl.Expr:
+    if kind == "integer":
+        return raw.cast(pl.Int64, strict=False).cast(pl.String)
+    if kind == "number":
+        number = raw.cast(pl.Float64, strict=False)
+        whole = (number == number.round(0)) & (number.abs() < 1e15)
+        text = (
+            pl.when(whole)
+            .then(number.cast(pl.Int64, strict=False).cast(pl.String))
+            .otherwise(number.cast(pl.String))
+        )
+        return text.str.replace(".", separator, literal=True) if separator != "." else text
+    if kind == "money":
+        cents = (raw.cast(pl.Float64, strict=False) * 100).round(0).cast(pl.Int64, strict=False)
+        units = cents.abs()
+        return pl.concat_str(
+            pl.when(cents < 0).then(pl.lit("-")).otherwise(pl.lit("")),
+            (units // 100).cast(pl.String),
+            pl.lit(separator),
+            (units % 100).cast(pl.String).str.zfill(2),
+        )
+    return raw.cast(pl.String, strict=False)
+
+
+def _reference_escaped(text: pl.Expr) -> pl.Expr:
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;")):
+        text = text.str.replace_all(char, entity, literal=True)
+    return text.str.replace_all("'", "&#x27;", literal=True)
+
+
+def _reference_resolve(frame: pl.DataFrame, available: dict, default: str) -> pl.Series:
+    ids = list(available)
+    locales = [sorted(available[i]) for i in ids]
+    canonical = {tag.lower(): tag for tags in locales for tag in tags}
+    known = pl.DataFrame(
+        {
+            "template_id": ids,
+            "_known": [[t.lower() for t in tags] for tags in locales],
+            "_first": [tags[0] if tags else None for tags in locales],
+        },
+        schema={"template_id": pl.String, "_known": pl.List(pl.String), "_first": pl.String},
+    )
+
+    def forms(tag: pl.Expr) -> list[pl.Expr]:
+        parts = tag.str.replace_all("_", "-", literal=True).str.strip_chars().str.to_lowercase()
+        return [parts.str.split("-").list.head(n).list.join("-") for n in (3, 2, 1)]
+
+    sources = {
+        f"_{c}": pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, pl.String)
+        for c in ("device_locale", "profile_locale")
+    }
+    chain = [pl.col("_device_locale"), pl.col("_profile_locale"), pl.lit(default)]
+    candidates = [form for source in chain for form in forms(source)]
+    found = pl.coalesce(
+        [pl.when(pl.col("_known").list.contains(c)).then(c) for c in candidates]
+    ).replace_strict(canonical, default=None, return_dtype=pl.String)
+    return (
+        frame.select(pl.col("template_id").cast(pl.String), **sources)
+        .join(known, on="template_id", how="left", maintain_order="left")
+        .select(pl.coalesce(found, pl.col("_first")).alias("locale"))
+        .to_series()
+    )
+
+
+_NAMES = ["a", "b_2", "price", "n"]
+_LITERALS = ["x", " ", "{{", "}}", "\ue000", "\ue000!", "é<&>", "a}}b", "{{a}}", "-"]
+_VALUES = {
+    "string": ["A", "<b>&'\"", "{a}", "{{b_2}}", "\ue000a}", "\ue000?", "", None, "ü ñ"],
+    "url": ["shop://x?a=1&b=<2>", "https://e.com/{n}", None],
+    "integer": [0, -7, 12345678901, "12", "x", None, 2.0],
+    "number": [1.5, -0.25, 3.0, 1e20, 123456789.125, "2.5", "x", None, 0],
+    "money": [12.5, -0.05, 0, 1234.567, 999999.995, "7", "x", None],
+}
+
+
+def _random_templates(rng) -> dict:
+    templates = {}
+    for i in range(6):
+        declared = {
+            n: str(rng.choice(list(_VALUES))) for n in rng.sample(_NAMES, rng.randint(0, 4))
+        }
+
+        def text(declared=declared) -> str:
+            tokens = list(_LITERALS) + [f"{{{n}}}" for n in declared] * 3
+            return "".join(rng.choice(tokens) for _ in range(rng.randint(1, 6)))
+
+        locales = {}
+        for tag in rng.sample(["en", "de", "fr-CA", "es-MX", "pt-BR", "de-CH"], rng.randint(1, 4)):
+            content = {"title": text(), "body": text(), "badge": rng.choice([None, 0, 5])}
+            for field in ("subtitle", "deeplink", "html", "subject"):
+                if rng.random() < 0.5:
+                    content[field] = text()
+            locales[tag] = content
+        variables = {n: {"type": t} for n, t in declared.items()}
+        templates[f"t{i}"] = parse(
+            {"template_id": f"t{i}", "variables": variables, "locales": locales, "version": i}
+        )
+    return templates
+
+
+def _random_frame(rng, templates: dict, n: int) -> list[tuple]:
+    rows = []
+    for _ in range(n):
+        template_id = rng.choice([*templates, "unknown", None])
+        locale = rng.choice(["en", "de", "fr-CA", "es-MX", "pt-BR", "de-CH", "it", None])
+        if template_id in templates and rng.random() < 0.8:
+            locale = rng.choice(list(templates[template_id].locales))
+        kinds = templates[template_id].variables if template_id in templates else {}
+        values = {
+            name: rng.choice(_VALUES[kinds[name].type if name in kinds else "string"])
+            for name in _NAMES
+            if rng.random() < 0.9
+        }
+        rows.append((template_id, locale, values))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_render_equals_the_per_pair_reference_on_random_rows(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    templates = _random_templates(rng)
+    fields = ["title", "body", "subtitle", "deeplink", "badge", "subject", "html"]
+    frame = _frame(_random_frame(rng, templates, 400))
+    assert render(frame, templates, fields=fields).equals(
+        _reference_render(frame, templates, fields)
+    )
+    if seed % 2:  # a Struct column: each name one type across templates, so strings only
+        strings = [
+            (t, loc, {k: v for k, v in vs.items() if isinstance(v, str)})
+            for t, loc, vs in _random_frame(rng, templates, 200)
+        ]
+        frame = _frame(strings, as_json=False)
+        assert render(frame, templates).equals(_reference_render(frame, templates, PUSH_FIELDS))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resolve_locales_equals_the_reference_on_random_rows(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    tags = ["en", "en-GB", "de", "pt", "pt-BR", "zh-Hant", "zh-Hant-TW", "es-419", "fr"]
+    available = {f"t{i}": rng.sample(tags, rng.randint(1, 4)) for i in range(5)}
+    raw = [*tags, "EN_gb", " de-AT ", "zh_hant_tw_x", "PT-br", "", "-", "it", "\u00a0fr\u2003"]
+    n = 600
+    frame = pl.DataFrame(
+        {
+            "template_id": [rng.choice([*available, "x", None]) for _ in range(n)],
+            "device_locale": [rng.choice([*raw, None]) for _ in range(n)],
+            "profile_locale": [rng.choice([*raw, None, None]) for _ in range(n)],
+        }
+    )
+    for default in ("en", "pt_br", "zh-Hant-TW", "xx"):
+        expected = _reference_resolve(frame, available, default)
+        assert resolve_locales(frame, available, default).equals(expected)
+        no_profile = frame.drop("profile_locale")
+        assert resolve_locales(no_profile, available, default).equals(
+            _reference_resolve(no_profile, available, default)
+        )
+
+
+def test_render_follows_a_put_and_each_mix_of_templates() -> None:
+    import random
+
+    rng = random.Random(42)
+    templates = _random_templates(rng)
+    rows = _random_frame(rng, templates, 300)
+    fields = ["title", "body", "html", "badge"]
+    for mix in (["t0"], ["t1", "t2"], list(templates)):  # each mix its own cached plan
+        frame = _frame([r for r in rows if r[0] in mix or r[0] is None])
+        expected = _reference_render(frame, templates, fields)
+        assert render(frame, templates, fields=fields).equals(expected)
+    put = parse({**_template(), "template_id": "t0", "version": 9})  # a new t0 replaces it
+    changed = {**templates, "t0": put}
+    frame = _frame([("t0", "en", {"order_id": "Q{a}"}), *rows[:50]])
+    out = render(frame, changed, fields=fields)
+    assert out.equals(_reference_render(frame, changed, fields))
+    assert out.row(0) == ("Shipped", "Order Q{a} is on its way.", None, None, 9)
