@@ -210,7 +210,7 @@ class HeraldIngress:
         refuses the batch, naming every `events[i].<field>`), log the events durably, then
         answer. An event_id seen before is a duplicate and sends nothing."""
         await self.templates.check(body.events)
-        triples = log_entries(body.events)
+        triples = log_entries(body.events, self.settings.marketing.categories)
         fresh = await self.events.append(triples)
         metrics.record_ingested([e.type for e in body.events], [t[1] for t in triples], fresh)
         return EventsAccepted(

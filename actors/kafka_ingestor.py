@@ -115,7 +115,9 @@ class KafkaIngestor:
         events, reason = parse_record(value)
         if reason is None:
             reason = describe(await self.templates.problems(events))
-        return (log_entries(events), None) if reason is None else ([], reason)
+        if reason is not None:
+            return [], reason
+        return log_entries(events, self.settings.marketing.categories), None
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:

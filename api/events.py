@@ -244,9 +244,20 @@ class EventsAccepted(BaseModel):
     duplicate: list[str] = Field(description="event_ids seen before: nothing new is sent")
 
 
-def log_entries(events: Sequence[AnyEvent]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(event_id, lane, body) of each event, as the event log's `append` takes them."""
-    return [(e.event_id, LANE_OF_TYPE[e.type], e.logged()) for e in events]
+def log_entries(
+    events: Sequence[AnyEvent], marketing_categories: Sequence[str] = ()
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(event_id, lane, body) of each event, as the event log's `append` takes them. A
+    `notification.requested` whose category the shop lists as marketing
+    (`HERALD_MARKETING_CATEGORIES`) travels in the marketing lane; the lane is otherwise
+    the type's."""
+    return [(e.event_id, lane_of(e, marketing_categories), e.logged()) for e in events]
+
+
+def lane_of(event: AnyEvent, marketing_categories: Sequence[str] = ()) -> str:
+    if isinstance(event, NotificationRequested) and event.category in marketing_categories:
+        return "marketing"
+    return LANE_OF_TYPE[event.type]
 
 
 def data_bytes(data: Mapping[str, str] | None) -> int:

@@ -306,6 +306,12 @@ class MarketingSettings(Group):
         gt=0,
         description="Marketing lane FCM send rate ceiling (transactional keeps the FCM one).",
     )
+    categories: list[str] = Field(
+        default_factory=lambda: ["marketing"],
+        description="Shop categories whose `notification.requested` travel in the marketing "
+        "lane (its own senders and rate ceilings), as a JSON list; every other category is "
+        "transactional.",
+    )
 
 
 class FeedbackSettings(Group):

@@ -59,6 +59,15 @@ def test_absent_options_are_left_out_of_the_log():
     assert body["channels"] == ["push", "inbox"]
 
 
+def test_a_category_the_shop_calls_marketing_travels_in_the_marketing_lane():
+    promo = requested(template_id="loyalty", variables={"points": 1})
+    promo["category"] = "promo"
+    ((_, lane, _),) = log_entries(events(promo), marketing_categories=["promo"])
+    assert lane == "marketing"
+    ((_, lane, _),) = log_entries(events(promo), marketing_categories=["marketing"])
+    assert lane == "transactional"
+
+
 class _Store:
     """The two reads a TemplateCache makes, over a dict the test changes."""
 
