@@ -272,6 +272,7 @@ class HeraldIngress:
         """Accept a campaign; it starts at `send_at` (or now) in the marketing lane. Posting
         the same campaign again is a no-op (200); another body under the same id is a 409."""
         spec = campaign.model_dump(mode="json")
+        await self.templates.check_campaign(spec)
         created, previous = await self.campaigns.create(spec)
         if not created:
             if previous is None or json.loads(previous) != spec:

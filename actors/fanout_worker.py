@@ -10,6 +10,11 @@ audience size.
 Marketing counts per user and day live in Redis (`cluster.state.frequency`), read here
 before eligibility and incremented by the router's delivery step after each batch is
 recorded; a resumed campaign also reads who it already reached (`CampaignStore`).
+
+Template variants render from the templates the router checked and put in the campaign as
+it hands it over (`campaign["templates"]`, one snapshot for every shard of a run), so a
+worker reads no template store; each delivery reads in its user's profile locale, the
+snapshot having no device locale (`pipelines.campaigns`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from models.ranker import Ranker
 from models.registry import Registry
 from pipelines import campaigns, feedback_log
 from pipelines.eligibility import local_day
+from pipelines.templates import parse
 
 
 class FanoutWorker:
@@ -146,9 +152,22 @@ class FanoutWorker:
         if self.shadow is not None and self.shadow != model_version:
             await asyncio.to_thread(self._log_shadow, frame, users, campaign, accepted_at)
         devices = devices.join(frame.select("user_id"), on="user_id", how="semi")
+        shown = {tid: parse(t) for tid, t in campaign.get("templates", {}).items()}
+        profiles = None  # only template variants read a locale
+        if shown and "locale" in users.columns:
+            profiles = users.select("user_id", "locale").join(frame, on="user_id", how="semi")
         for start in range(0, frame.height, campaigns.RENDER_CHUNK_USERS):
             part = frame.slice(start, campaigns.RENDER_CHUNK_USERS)
-            rows = await asyncio.to_thread(campaigns.render, part, devices, campaign, accepted_at)
+            rows = await asyncio.to_thread(
+                campaigns.render,
+                part,
+                devices,
+                campaign,
+                accepted_at,
+                templates=shown,
+                profiles=profiles,
+                default_locale=self.settings.content.default_locale,
+            )
             for batch in campaigns.batches(rows, self.settings.topology.batch_max_rows):
                 yield batch.to_arrow()
 

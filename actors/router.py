@@ -114,9 +114,16 @@ class EventRouter:
         self.templates = templates.cache(TemplateStore(settings, self.redis))
         self.orders = OrderFlow(settings, self.counts, templates=self.templates, **parts)
         self.requested = RequestedFlow(settings, self.counts, templates=self.templates, **parts)
-        self.price_drops = PriceDropFlow(settings, self.counts, redis=self.redis, **parts)
+        self.price_drops = PriceDropFlow(
+            settings, self.counts, redis=self.redis, templates=self.templates, **parts
+        )
         self.campaigns = CampaignRunner(
-            settings, self.counts, store=self.delivery.campaigns, pool=pool, **parts
+            settings,
+            self.counts,
+            store=self.delivery.campaigns,
+            pool=pool,
+            templates=self.templates,
+            **parts,
         )
         self.housekeeping = Housekeeping(
             settings,

@@ -186,19 +186,23 @@ class UserShard:
         locales a notification renders in: `device_locale` (the device's) and
         `profile_locale` (the user's profile's), each null when unknown."""
         users = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=pl.String)}).unique()
-        profiles = self.tables["profiles"].where_in("user_id", users["user_id"])
-        users = users.join(
-            profiles.select("user_id", profile_locale="locale"), on="user_id", how="left"
-        )
-        return self._with_prefs_and_devices(users, locales=True).to_arrow()
+        return self._with_prefs_and_devices(self._with_profile_locale(users), True).to_arrow()
 
     def wishers(self, product_ids: list[str]) -> pa.Table:
         """Everyone in this shard whose wishlist holds one of `product_ids`: one row per
         (product, user, active device) — or with null device columns for a user without an
-        active device — with the user's preferences, defaults filled in. Columns all the
-        way: a filter on the wishlist rows, then two joins."""
+        active device — with the user's preferences, defaults filled in, and the locales a
+        price drop renders in (`device_locale`, `profile_locale`, as `lookup`'s). Columns
+        all the way: a filter on the wishlist rows, then three joins."""
         wished = self.wishlists.where_in("product_id", product_ids).select("product_id", "user_id")
-        return self._with_prefs_and_devices(wished).to_arrow()
+        return self._with_prefs_and_devices(self._with_profile_locale(wished), True).to_arrow()
+
+    def _with_profile_locale(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """`rows` (with a user_id column) with each user's profile locale (null: none)."""
+        profiles = self.tables["profiles"].where_in("user_id", rows["user_id"].unique())
+        return rows.join(
+            profiles.select("user_id", profile_locale="locale"), on="user_id", how="left"
+        )
 
     def wishlist(self, user_id: str) -> list[str]:
         return self.wishlists.where_in("user_id", [user_id])["product_id"].to_list()

@@ -213,9 +213,20 @@ def payload_bytes(title: str, body: str, deeplink: str | None) -> int:
 
 
 class Variant(Contract):
+    """Inline copy (`title` and `body`, sent as written) or a template (`template_id`, with
+    the `variables` every recipient's copy is filled with), which each recipient gets in
+    their language. Whether the template exists and the variables fill it is checked when
+    the campaign starts: a campaign that cannot render is marked failed with the reason."""
+
     variant_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,32}$")]
-    title: str = Field(min_length=1, max_length=200)
-    body: str = Field(min_length=1, max_length=2000)
+    title: str | None = Field(None, min_length=1, max_length=200)
+    body: str | None = Field(None, min_length=1, max_length=2000)
+    template_id: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Instead of title and body"
+    )
+    variables: dict[str, str | int | float] | None = Field(
+        None, max_length=32, description="The template's variables, the same for everyone"
+    )
     deeplink: str | None = Field(None, max_length=1000)
     style: Literal[VARIANT_STYLES] = Field(  # type: ignore[valid-type]
         "plain", description="What kind of copy this is; a feature the ranker scores"
@@ -223,6 +234,13 @@ class Variant(Contract):
 
     @model_validator(mode="after")
     def _fits_providers(self) -> Variant:
+        inline = self.title is not None and self.body is not None
+        if (self.template_id is None) != inline or (inline and self.variables is not None):
+            raise ValueError(
+                "a variant has either title and body, or template_id (with its variables)"
+            )
+        if self.template_id is not None:
+            return self  # the template's own check bounds its size (`PUT /v1/templates`)
         size = payload_bytes(self.title, self.body, self.deeplink)
         if size > PROVIDER_PAYLOAD_BYTES:
             raise ValueError(

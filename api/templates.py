@@ -200,3 +200,26 @@ class TemplateBook:
         """422 naming `events[i].<field>` for every problem of every event, or nothing."""
         if found := await self.problems(events):
             raise invalid([{"field": f"events[{i}].{f}", "reason": r} for i, f, r in found])
+
+    async def check_campaign(self, campaign: Mapping[str, Any]) -> None:
+        """422 naming `variants[i].template_id` / `variants[i].variables.<name>` for a variant
+        whose template is not in force or whose variables do not fill it: refused at the
+        door rather than a campaign marked failed once it runs."""
+        in_force = await self.cache.templates()
+        fields = []
+        for i, variant in enumerate(campaign["variants"]):
+            template_id = variant.get("template_id")
+            if template_id is None:
+                continue
+            template = in_force.get(template_id)
+            if template is None:
+                reason = f"no template {template_id!r}: neither the shop's nor a shipped one"
+                fields.append({"field": f"variants[{i}].template_id", "reason": reason})
+                continue
+            given = variant.get("variables") or {}
+            fields += [
+                {"field": f"variants[{i}].variables.{name}", "reason": reason}
+                for name, reason in templates.validate_variables(template, given)
+            ]
+        if fields:
+            raise invalid(fields)

@@ -11,7 +11,9 @@ Pure functions over polars frames, in two steps so a large fan-out never holds a
 content at once: `plan` turns a batch of events and the shards' wisher rows into *targets*
 (one row per delivery: who, which device and channel, when — no content), the suppressed
 notifications and the counts by stage; `render` then makes the DELIVERIES rows of one
-bounded chunk of targets at a time, as the router sends it.
+bounded chunk of targets at a time, as the router sends it, each in its device's language:
+the template `price_drop` (the shop's, else the shipped one), filled with the event's
+fields, through `pipelines.localized` — one pass per chunk, never per notification.
 
 What `plan` does, all in columns (no Python loop over users; only over the few distinct
 categories of a batch's events, one ranker call each):
@@ -49,6 +51,7 @@ user. Counts: `targeted` (notifications), `suppressed:<reason>` for every reason
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -58,8 +61,12 @@ from cluster.tables.deliveries import DELIVERIES, NO_EXTRAS
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
 from models.ranker import Ranker
 from pipelines import eligibility, feedback_log
+from pipelines.localized import localized, with_locale_columns
+from pipelines.template_model import Template
+from pipelines.templates import defaults
 
 TYPE = "price.dropped"
+TEMPLATE_ID = "price_drop"  # what a drop says: the shop's template of this id, or Herald's
 TITLE = "Price drop"
 UNNAMED = "An item on your wishlist"
 STYLE = "discount"  # the variant style a price drop is scored as
@@ -74,27 +81,19 @@ _DELIVERY_COLUMNS = [field.name for field in DELIVERIES]
 # What the router needs of a delivery beyond DELIVERIES: its event and product, when to send
 # it (null: now), the local day its user's frequency count goes to, the score it ranked by.
 RECORD_COLUMNS = ["event_id", "product_id", "send_after", "local_day", "score"]
+# `device_locale` of an inbox row: the profile's, else one of the user's devices'.
 TARGET_COLUMNS = [
-    "notification_id",
-    "user_id",
-    "device_id",
-    "channel",
-    "token",
-    "lane",
-    "accepted_at",
-    *RECORD_COLUMNS,
-]
+    "notification_id", "user_id", "device_id", "channel", "token", "device_locale",
+    "profile_locale", "lane", "accepted_at", *RECORD_COLUMNS,
+]  # fmt: skip
 SUPPRESSED_COLUMNS = ["notification_id", "user_id", "event_id", "product_id", "accepted_at"]
 EMPTY_DELIVERIES = pl.from_arrow(DELIVERIES.empty_table())
 # Columns eligibility reads that a wisher row may lack (no profile, no preferences row).
 _OPTIONAL = {
-    "timezone": pl.String,
-    "quiet_start_min": pl.Int16,
-    "quiet_end_min": pl.Int16,
-    "max_marketing_per_day": pl.Int32,
-    "category": pl.String,
-}
-_DEVICE_COLUMNS = ["device_id", "platform", "token"]
+    "timezone": pl.String, "quiet_start_min": pl.Int16, "quiet_end_min": pl.Int16,
+    "max_marketing_per_day": pl.Int32, "category": pl.String,
+}  # fmt: skip
+_DEVICE_COLUMNS = ["device_id", "platform", "token", "device_locale"]
 
 
 class Plan(NamedTuple):
@@ -119,7 +118,7 @@ def candidates(events: pl.DataFrame, audience: pl.DataFrame) -> pl.DataFrame:
     product — with `notification_id` and the columns eligibility needs filled in."""
     keep = ["event_id", "product_id", "lane", "accepted_at"]
     keep += ["category"] if "category" in events.columns else []
-    rows = events.select(keep).join(audience, on="product_id", how="inner")
+    rows = events.select(keep).join(with_locale_columns(audience), on="product_id", how="inner")
     missing = {c: t for c, t in _OPTIONAL.items() if c not in rows.columns}
     missing |= {c: pl.String for c in _DEVICE_COLUMNS if c not in rows.columns}
     return rows.with_columns(
@@ -182,10 +181,13 @@ def plan(
 def _notifications(rows: pl.DataFrame) -> pl.DataFrame:
     """One row per notification (event, wisher) of the candidate rows (one per device),
     with `has_push_device`: eligibility decides per notification, devices come back in
-    `_targets`."""
+    `_targets` — and `_inbox_locale`, what the inbox item reads in: it has no device of its
+    own, so the profile's locale, else the user's first device's (by id) that has one."""
+    first_device = pl.col("device_locale").sort_by("device_id").drop_nulls().first()
     return (
         rows.with_columns(
-            has_push_device=pl.col("device_id").is_not_null().any().over("notification_id")
+            has_push_device=pl.col("device_id").is_not_null().any().over("notification_id"),
+            _inbox_locale=pl.coalesce("profile_locale", first_device.over("notification_id")),
         )
         .unique("notification_id", keep="first", maintain_order=True)
         .drop(_DEVICE_COLUMNS)
@@ -218,7 +220,7 @@ def _targets(kept: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
     devices = rows.filter(pl.col("device_id").is_not_null()).select(
         "notification_id", *_DEVICE_COLUMNS
     )
-    base = [c for c in TARGET_COLUMNS if c not in ("device_id", "channel", "token")]
+    base = [c for c in TARGET_COLUMNS if c not in ("device_id", "channel", *_DEVICE_COLUMNS)]
     pushes = (
         kept.filter(pl.col("send_push"))
         .select("_order", *base)
@@ -227,7 +229,7 @@ def _targets(kept: pl.DataFrame, rows: pl.DataFrame) -> pl.DataFrame:
     )
     inbox = (
         kept.filter(pl.col("send_inbox"))
-        .select("_order", *base)
+        .select("_order", *base, device_locale="_inbox_locale")
         .with_columns(device_id=pl.lit("inbox"), channel=pl.lit("inbox"), token=pl.lit(""))
     )
     return (
@@ -290,7 +292,12 @@ def _money(column: str) -> pl.Expr:
 
 
 def messages(events: pl.DataFrame) -> pl.DataFrame:
-    """Per event: the content every recipient of it gets (event_id → title, body, prices)."""
+    """Per event, what its recipients' content is made of: `variables`, the template's
+    (today's fallbacks for a missing product name or currency, so it always fills); `_data`,
+    the apps' JSON after the notification id (once per event, not per row); `title`/`body`,
+    the English text from before templates — what the shipped `en` renders byte for byte,
+    and what a row gets when the shop's `price_drop` cannot be filled (`render`)."""
+    title = pl.col("title").fill_null(UNNAMED)
     currency = pl.col("currency").fill_null("")
     suffix = pl.when(currency == "").then(pl.lit("")).otherwise(pl.lit(" ") + currency)
     return events.select(
@@ -298,37 +305,75 @@ def messages(events: pl.DataFrame) -> pl.DataFrame:
         title=pl.lit(TITLE),
         body=pl.format(
             "{} is now {}{} (was {}{}).",
-            pl.col("title").fill_null(UNNAMED),
+            title,
             _money("new_price"),
             suffix,
             _money("old_price"),
             suffix,
         ),
-        old_price=_money("old_price"),
-        new_price=_money("new_price"),
-        currency=currency,
+        variables=pl.struct(title, "new_price", "old_price", currency),
+        _data=pl.struct(
+            old_price=_money("old_price"),
+            new_price=_money("new_price"),
+            currency=currency,
+        )
+        .struct.json_encode()
+        .str.slice(1),
     )
 
 
-def render(targets: pl.DataFrame, content: pl.DataFrame) -> pl.DataFrame:
+def render(
+    targets: pl.DataFrame,
+    content: pl.DataFrame,
+    templates: Mapping[str, Template] | None = None,
+    default_locale: str = "en",
+) -> pl.DataFrame:
     """DELIVERIES rows for a chunk of targets, plus `RECORD_COLUMNS`, in the targets' order;
-    `content` is `messages(events)`."""
+    `content` is `messages(events)`, `templates` the router's snapshot (None: the shipped
+    ones). Each row is `price_drop` in its locale (device, profile, `default_locale`), with
+    its `locale`, `template_version` and `rich` (a shop's extra push fields). A row the
+    shop's template cannot fill (it declares a variable a price drop has no value for)
+    keeps the English text, with no locale or version: a shop's mistake must not silence
+    a drop. `data`: ids are pattern-checked at the door, so they need no escaping."""
+    rows = (
+        with_locale_columns(targets)
+        .join(content, on="event_id", how="left", maintain_order="left")
+        .with_row_index("_row")
+    )
+    done, failed = localized(
+        rows.with_columns(template_id=pl.lit(TEMPLATE_ID)),
+        defaults() if templates is None else templates,
+        default_locale,
+    )
+    english = rows.join(failed.select("_row"), on="_row", how="semi").with_columns(*NO_EXTRAS)
     return (
-        targets.join(content, on="event_id", how="left", maintain_order="left")
+        pl.concat(
+            [done.with_columns(_gaps_closed("title"), _gaps_closed("body")), english],
+            how="diagonal_relaxed",
+        )
+        .sort("_row")
         .with_columns(
-            *NO_EXTRAS,
             delivery_id=pl.col("notification_id") + "|" + pl.col("device_id"),
-            data=pl.struct(
-                notification_id=pl.col("notification_id"),
-                type=pl.lit(TYPE),
-                product_id=pl.col("product_id"),
-                old_price=pl.col("old_price"),
-                new_price=pl.col("new_price"),
-                currency=pl.col("currency"),
-            ).struct.json_encode(),
+            data=pl.concat_str(
+                pl.lit('{"notification_id":"'),
+                "notification_id",
+                pl.lit(f'","type":"{TYPE}","product_id":"'),
+                "product_id",
+                pl.lit('",'),
+                "_data",
+            ),
         )
         .select(*_DELIVERY_COLUMNS, *RECORD_COLUMNS)
     )
+
+
+def _gaps_closed(field: str) -> pl.Expr:
+    """`field` of a drop without a currency as it always read: a blank `{currency}` leaves
+    gaps (`7.25  (was 10.00 ).`), closed here — runs of spaces to one, none before `)`, `.`
+    or `,`, none at the ends. Rows with a currency are left as rendered."""
+    closed = pl.col(field).str.replace_all(r" {2,}", " ").str.replace_all(r" ([).,])", "$1")
+    blank = pl.col("variables").struct.field("currency") == ""
+    return pl.when(blank).then(closed.str.strip_chars(" ")).otherwise(pl.col(field)).alias(field)
 
 
 def meta(rows: pl.DataFrame, model_version: str | None = None) -> pl.DataFrame:

@@ -11,7 +11,13 @@ are skipped. A cancelled campaign stops between two batches; its deliveries stil
 retry set are dropped by the delivery step when they come due.
 
 A fan-out that fails resumes after its lease (Redis or an actor may be back by then); one
-that failed `campaign_max_failures` times is marked failed with its error.
+that failed `campaign_max_failures` times is marked failed with its error. One that can
+never render — a variant names a template that does not exist, or its variables do not
+fill it (`campaigns.variant_templates`, checked before anything is planned) — is marked
+failed at once with that reason: running it again would not change the answer.
+
+The templates its variants name travel with the campaign to the workers (`templates` in
+the spec they get, never in the stored one): one snapshot of the router's cache per run.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from actors.flows.delivery import DeliveryStep
 from actors.flows.shards import Shards
 from cluster.names import fanout_name
 from cluster.state.campaigns import CampaignStore
+from cluster.state.templates import TemplateCache, TemplateStore
 from pipelines import campaigns
+from pipelines.templates import Template, cache
 
 log = logging.getLogger("herald.router")
 
@@ -42,6 +50,12 @@ class CampaignRunner(Flow):
     pool: FanoutPool
     shards: Shards
     delivery: DeliveryStep
+    # The router's cache (shared by its flows); None: one of the runner's own, same store.
+    templates: TemplateCache[Template] | None = None
+
+    def __post_init__(self) -> None:
+        if self.templates is None:
+            self.templates = cache(TemplateStore(self.settings, self.store.redis))
 
     async def run(self) -> None:
         """Take due campaigns one at a time and fan them out, for ever."""
@@ -56,6 +70,8 @@ class CampaignRunner(Flow):
                         await self.run_one(campaign_id)
                     except asyncio.CancelledError:
                         raise
+                    except campaigns.CampaignRefused as exc:
+                        await self._refused(campaign_id, exc)
                     except Exception as exc:
                         log.exception(
                             "router: campaign %s fan-out failed",
@@ -80,6 +96,20 @@ class CampaignRunner(Flow):
             log.warning("router: could not record campaign %s's failure", campaign_id)
         await asyncio.sleep(1.0)
 
+    async def _refused(self, campaign_id: str, error: campaigns.CampaignRefused) -> None:
+        """Mark a campaign that can never render failed now, its reason as the error."""
+        log.warning(
+            "router: campaign %s refused: %s",
+            campaign_id,
+            error,
+            extra={"campaign_id": campaign_id},
+        )
+        try:
+            await self.store.record_failure(campaign_id, error)
+            await self.store.give_up(campaign_id)
+        except Exception:  # noqa: BLE001 - Redis itself may be down: it resumes, fails again
+            log.warning("router: could not record campaign %s's refusal", campaign_id)
+
     async def run_one(self, campaign_id: str) -> None:
         """Fan one campaign out under its lease (renewed, with the pool's in-use stamp)."""
         spec = await self.store.spec(campaign_id)
@@ -103,6 +133,8 @@ class CampaignRunner(Flow):
     async def _fan_out(self, campaign_id: str, spec: dict) -> None:
         """Plan every shard not done yet in the worker pool, keep the global top-k, then
         send each shard's deliveries as its worker streams them."""
+        found = campaigns.variant_templates(spec, await self.templates.templates())
+        spec = {**spec, "templates": {t: v.model_dump(mode="json") for t, v in found.items()}}
         version = await self.shards.handle(fanout_name(0)).model_version.remote()
         version, resumed = await self.store.start(campaign_id, version)
         now = time.time()

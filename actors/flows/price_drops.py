@@ -12,6 +12,10 @@ memory and in-flight work stay bounded and the transactional loops keep running 
 batches. The log entry is acked by the router only after the last batch, so a crash mid
 fan-out redelivers the event; the reached set then suppresses (`already_sent`) the wishers
 it already reached, and deliveries already final are not sent again.
+
+Content is the template `price_drop` in each device's language, from the router's template
+cache: one snapshot per fan-out, so a shop's edit reaches the next drop and no drop's
+wishers read two versions of it.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from actors.flows.delivery import DeliveryStep
 from actors.flows.shards import Shards
 from cluster.state.frequency import FrequencyCounters
 from cluster.state.price_drops import PriceDropReach
+from cluster.state.templates import TemplateCache, TemplateStore
 from models.ranker import Ranker, load_ranker
 from models.registry import Registry
 from pipelines import campaigns, feedback_log, price_drops
 from pipelines.eligibility import local_day
+from pipelines.templates import Template, cache
 
 log = logging.getLogger("herald.router")
 
@@ -43,8 +49,12 @@ class PriceDropFlow(Flow):
     redis: aioredis.Redis
     shards: Shards
     delivery: DeliveryStep
+    # The router's cache (shared by its flows); None: one of this flow's own, same store.
+    templates: TemplateCache[Template] | None = None
 
     def __post_init__(self) -> None:
+        if self.templates is None:
+            self.templates = cache(TemplateStore(self.settings, self.redis))
         self.frequency = FrequencyCounters(self.settings, self.redis)
         self.reach = PriceDropReach(self.settings, self.redis)
         self._rankers: dict[str, Ranker] = {}  # by model version
@@ -78,11 +88,16 @@ class PriceDropFlow(Flow):
                 feedback_log.write, sent, self.settings.feedback_root, "sends", "sent_at"
             )
         await self._record_suppressed(planned.suppressed)
-        content = price_drops.messages(drops)
+        render = functools.partial(
+            price_drops.render,
+            content=price_drops.messages(drops),
+            templates=await self.templates.templates(),
+            default_locale=self.settings.content.default_locale,
+        )
         meta = functools.partial(price_drops.meta, model_version=ranker.version)
         for batch in campaigns.batches(planned.targets, self.settings.topology.batch_max_rows):
             await self.delivery.deliver_marketing(
-                price_drops.render(batch, content),
+                render(batch),
                 meta,
                 self.reach.record,
                 skip_finished=redelivered,

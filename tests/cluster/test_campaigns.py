@@ -150,6 +150,8 @@ def test_campaign_is_validated_at_the_door(api):
     assert any(f.startswith("segment.all[1].affinity") for f in reasons), reasons
     too_big = {**base, "variants": [{"variant_id": "a", "title": "t", "body": "é" * 2000}]}
     assert "4096" in fields_of(api.post("/v1/campaigns", json=too_big))["variants[0]"]
+    both = {**base, "variants": [{**base["variants"][0], "template_id": "order.placed"}]}
+    assert "either title and body" in fields_of(api.post("/v1/campaigns", json=both))["variants[0]"]
     twice = {**base, "variants": [base["variants"][0], base["variants"][0]]}
     assert "distinct" in fields_of(api.post("/v1/campaigns", json=twice))["variants"]
     assert "campaign_id" in fields_of(
@@ -302,6 +304,62 @@ def test_cancel_mid_campaign(stack, api, emulators, population, uid):
     # and the cancelled campaign cannot be revived by posting it again
     assert api.post("/v1/campaigns", json=body).status_code == 200
     assert api.get(f"/v1/campaigns/{cid}").json()["state"] == "cancelled"
+
+
+def test_template_variants_read_in_each_users_language(stack, api, population, uid):
+    """A variant naming a template: each recipient gets it in their profile's language (the
+    imported devices have none), else the default; naming no template fails at once."""
+    template_id, cid = f"promo.{uid}", f"tpl-{uid}"
+    copy = {"en": ("Sale", "{pct}% off"), "de": ("Angebot", "{pct} % Rabatt"),
+            "fr": ("Soldes", "-{pct} %")}  # fmt: skip
+    locales = {tag: {"title": t, "body": b} for tag, (t, b) in copy.items()}
+    template = {"variables": {"pct": {"type": "integer"}}, "locales": locales}
+    put = api.put(f"/v1/templates/{template_id}", json=template)
+    assert put.status_code == 201, put.text
+    variant = {"variant_id": "t", "template_id": template_id, "variables": {"pct": 30}}
+    # German and French profiles only: the ranked top 40 then mixes both languages whatever
+    # the hour (a ranking by local time of day would otherwise favour one region).
+    body = campaign_body(population["cohort"], cid, variants=[variant], audience_limit=40)
+    body["segment"]["all"].append({"country": ["DE", "FR"]})
+    assert api.post("/v1/campaigns", json={**body, "respect_quiet_hours": False}).status_code == 202
+    assert wait_campaign(api, cid)["selected"] == 40
+    reached = stack_redis(stack).smembers(keys.campaign(stack.settings, cid, "users"))
+    profile = dict(population["users"].select("user_id", "locale").rows())
+    languages, inbox = {}, set()
+    for user in sorted(m.decode() for m in reached):
+        language = (profile[user] or "").split("-")[0]
+        languages[user] = language if language in copy else "en"
+        record = api.get(f"/v1/notifications/{cid}~{user}").json()
+        shown = {(d["locale"], d["template_version"]) for d in record["deliveries"]}
+        assert shown == {(languages[user], put.json()["version"])}, user
+        inbox |= {user for d in record["deliveries"] if d["channel"] == "inbox"}
+    assert len(languages) == 40 and len(set(languages.values())) >= 2
+    user = next(u for u, language in languages.items() if language != "en" and u in inbox)
+    title, text = copy[languages[user]]
+    items = api.get(f"/v1/users/{user}/inbox").json()["items"]
+    assert (title, text.format(pct=30)) in [(i["title"], i["body"]) for i in items]
+
+    # At the door: an unknown template or a variable that does not fill it is a 422.
+    missing = {**variant, "template_id": f"gone.{uid}"}
+    body = campaign_body(population["cohort"], f"{cid}-gone", variants=[missing])
+    refused = fields_of(api.post("/v1/campaigns", json=body))
+    assert "no template" in refused["variants[0].template_id"]
+    wrong = {**variant, "variables": {"pct": "thirty"}}
+    body = campaign_body(population["cohort"], f"{cid}-typed", variants=[wrong])
+    assert "variants[0].variables.pct" in fields_of(api.post("/v1/campaigns", json=body))
+
+    # Deleted after acceptance, before the campaign runs: it fails at once, nothing sent.
+    gone = f"gone.{uid}"
+    assert api.put(f"/v1/templates/{gone}", json=template).status_code == 201
+    body = campaign_body(
+        population["cohort"], f"{cid}-gone", send_at=time.time() + 3,
+        variants=[{**variant, "template_id": gone}],
+    )  # fmt: skip
+    assert api.post("/v1/campaigns", json=body).status_code == 202
+    assert api.delete(f"/v1/templates/{gone}").status_code == 204
+    status = wait_campaign(api, f"{cid}-gone", states=("failed",), timeout_s=60)
+    assert status["failures"] == 1 and status["sent"] == 0
+    assert f"variant t: no template '{gone}'" in status["error"]
 
 
 def test_wrong_types_are_422_not_500(api):

@@ -295,3 +295,55 @@ def test_price_drop_goes_through_campaign_eligibility(stack, api, emulators, uid
     status = wait_final(api, [f"pde2-{uid}:{u['fresh']}"])[f"pde2-{uid}:{u['fresh']}"]
     assert status["state"] == "suppressed" and status["suppressed_reason"] == "frequency_cap"
     assert len(received_for(emulators["apns"], {tokens["fresh"]})) == 1
+
+
+@pytest.mark.eventlog
+def test_price_drop_in_each_devices_language_then_in_the_shops_words(stack, api, emulators, uid):
+    """The shipped `price_drop` in the device's language, else the profile's; a shop's
+    override (PUT /v1/templates/price_drop) changes the words of the next drop."""
+    product, de, fr = f"L-{uid}", f"lde-{uid}", f"lfr-{uid}"
+    tokens = {de: apns_token(), fr: apns_token()}
+    device = {"user_id": de, "platform": "ios", "token": tokens[de], "locale": "de-DE"}
+    assert api.post("/v1/devices", json=device).status_code == 201
+    register(api, fr, "ios", tokens[fr])
+    assert api.put(f"/v1/users/{fr}", json={"locale": "fr-FR"}).status_code == 200
+    for user in (de, fr):
+        put_wishlist(api, user, [product])
+
+    def drop_reads(event_id: str) -> dict[str, tuple]:
+        event = price_drop(event_id, product, currency="EUR", title="Lampe")
+        assert api.post("/v1/events", json={"events": [event]}).status_code == 202
+        statuses = wait_final(api, [f"{event_id}:{user}" for user in (de, fr)])
+        shown = {}
+        for user in (de, fr):
+            push = next(
+                i
+                for i in received_for(emulators["apns"], {tokens[user]})
+                if i["payload"]["notification_id"] == f"{event_id}:{user}"
+            )
+            deliveries = statuses[f"{event_id}:{user}"]["deliveries"]
+            recorded = {(d["locale"], d["template_version"]) for d in deliveries}
+            shown[user] = (push["payload"]["aps"]["alert"]["body"], recorded)
+        return shown
+
+    assert drop_reads(f"pdl-{uid}") == {
+        de: ("Lampe kostet jetzt 79,99 EUR (vorher 100,00 EUR).", {("de", 0)}),
+        fr: ("Lampe passe à 79,99 EUR (au lieu de 100,00 EUR).", {("fr", 0)}),
+    }
+    shipped = api.get("/v1/templates/price_drop").json()
+    shop = {k: v for k, v in shipped.items() if k not in ("version", "source")}
+    shop["locales"] = {
+        "en": {"title": "Deal", "body": "{title}: now {new_price} {currency}"},
+        "de": {"title": "Angebot", "body": "{title}: nur {new_price} {currency}"},
+    }
+    answer = api.put("/v1/templates/price_drop", json=shop)
+    assert answer.status_code == 201, answer.text
+    version = answer.json()["version"]
+    try:
+        time.sleep(1.5)  # the routers' template caches look again every second
+        assert drop_reads(f"pdl2-{uid}") == {
+            de: ("Lampe: nur 79,99 EUR", {("de", version)}),
+            fr: ("Lampe: now 79.99 EUR", {("en", version)}),  # no French: the default
+        }
+    finally:
+        assert api.delete("/v1/templates/price_drop").status_code == 204

@@ -15,6 +15,7 @@ from cluster.sharding import shard_of
 from models.ranker import load_ranker
 from models.synth import REFERENCE_TIME, load_population, synthesize
 from pipelines import campaigns
+from pipelines.templates import parse
 
 NOW = REFERENCE_TIME + 14 * 3600
 CAMPAIGN = {
@@ -109,3 +110,58 @@ def test_render_and_batches(world):
         users_here = set(batch["notification_id"])
         assert not users_here & seen
         seen |= users_here
+
+
+SALE = {
+    "template_id": "spring.sale", "category": "marketing", "version": 2,
+    "variables": {"pct": {"type": "integer"}},
+    "locales": {"en": {"title": "Spring sale", "body": "{pct}% off", "subtitle": "Today"},
+                "de": {"title": "Frühling", "body": "{pct} % Rabatt"}},
+}  # fmt: skip
+TEMPLATED = {**CAMPAIGN, "variants": [
+    CAMPAIGN["variants"][0],
+    {"variant_id": "t", "template_id": "spring.sale", "variables": {"pct": 20}, "style": "urgent"},
+]}  # fmt: skip
+
+
+def test_a_template_variant_reads_in_each_recipients_language(world):
+    """Device locale, else the profile's, else the default (the inbox: the profile's, else a
+    device's); inline variants as written."""
+    users, devices = world
+    every = pl.int_range(pl.len())
+    chosen = _plan(users).with_columns(
+        variant_id=pl.when(every % 2 == 0).then(pl.lit("t")).otherwise(pl.lit("a"))
+    )
+    profiles = users.select("user_id", locale=pl.when(every % 3 == 0).then(pl.lit("de-DE")))
+    german = profiles.filter(pl.col("locale").is_not_null())["user_id"].implode()
+    # one device of a templated user whose profile has no locale speaks German
+    reader = chosen.filter((pl.col("variant_id") == "t") & ~pl.col("user_id").is_in(german))
+    device = devices.join(reader, on="user_id", how="semi")["device_id"][0]
+    devices = devices.with_columns(
+        device_locale=pl.when(pl.col("device_id") == device).then(pl.lit("de-AT"))
+    )
+    owner = devices.filter(pl.col("device_id") == device)["user_id"][0]
+    found = campaigns.variant_templates(TEMPLATED, {"spring.sale": parse(SALE)})
+    rows = campaigns.render(chosen, devices, TEMPLATED, NOW, templates=found, profiles=profiles)
+    inbox_of_owner = (pl.col("user_id") == owner) & (pl.col("device_id") == "inbox")
+    rows = rows.with_columns(
+        expect=pl.when(pl.col("variant_id") == "a").then(pl.lit(None))
+        .when(pl.col("user_id").is_in(german) | (pl.col("device_id") == device) | inbox_of_owner)
+        .then(pl.lit("de")).otherwise(pl.lit("en"))
+    )  # fmt: skip
+    assert rows["locale"].eq_missing(rows["expect"]).all()
+    text = {r[0]: r[1:] for r in rows.select("locale", "title", "body", "template_version")
+            .unique().rows()}  # fmt: skip
+    assert text == {"de": ("Frühling", "20 % Rabatt", 2), "en": ("Spring sale", "20% off", 2),
+                    None: ("Spring", "New in", None)}  # fmt: skip
+    rich = rows.group_by("locale").agg(pl.col("rich").unique())
+    assert {r[0]: r[1] for r in rich.rows()} == {
+        "de": [None], "en": ['{"subtitle":"Today"}'], None: [None]}  # fmt: skip
+
+
+def test_a_campaign_whose_templates_cannot_render_is_refused():
+    with pytest.raises(campaigns.CampaignRefused, match="variant t: no template 'spring.sale'"):
+        campaigns.variant_templates(TEMPLATED, {})
+    wrong = {**TEMPLATED, "variants": [{**TEMPLATED["variants"][1], "variables": {"pc": 2}}]}
+    with pytest.raises(campaigns.CampaignRefused, match="variable pct .*: missing"):
+        campaigns.variant_templates(wrong, {"spring.sale": parse(SALE)})

@@ -15,9 +15,11 @@ from actors.columnar import GroupedTable
 from cluster.tables.wishlists import WISHLISTS
 from models.ranker import load_ranker
 from pipelines.price_drops import VARIANTS, Plan, messages, meta, plan, render, sends
+from pipelines.templates import defaults, parse
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()  # Berlin 13:00 (UTC+1)
 RANKER = load_ranker()
+EN = "Red shoes is now 39.50 EUR (was 49.99 EUR)."  # e1 as it read before templates
 
 EVENTS = pl.DataFrame(
     {
@@ -156,6 +158,57 @@ def test_content_and_ids():
     assert other["body"] == "An item on your wishlist is now 7.25 (was 10.00)."
     recorded = meta(targets, RANKER.version).row(0, named=True)
     assert recorded["model_version"] == RANKER.version and recorded["score"] > 0
+
+
+def _texts(events=EVENTS.head(1), templates=None, default_locale="en", **columns) -> dict:
+    """delivery_id → (title, body, locale, template_version, rich) for `both`'s devices."""
+    mine = (pl.col("user_id") == "both") & pl.col("product_id").is_in(events["product_id"])
+    targets, _, _, _ = run(events, AUDIENCE.filter(mine).with_columns(**columns))
+    rows = render(targets, messages(EVENTS), templates, default_locale)
+    named = ("delivery_id", "title", "body", "locale", "template_version", "rich")
+    return {r[0]: r[1:] for r in rows.select(named).rows()}
+
+
+def test_each_device_in_its_language_else_the_profile_else_the_default():
+    got = _texts(device_locale=pl.Series(["de-DE", None]), profile_locale=pl.lit("fr"))
+    de = ("Preis gesenkt", "Red shoes kostet jetzt 39,50 EUR (vorher 49,99 EUR).", "de", 0, None)
+    fr = ("Prix en baisse", "Red shoes passe à 39,50 EUR (au lieu de 49,99 EUR).", "fr", 0, None)
+    assert got == {"e1:both|d-ios": de, "e1:both|d-and": fr, "e1:both|inbox": fr}  # profile's
+    got = _texts(device_locale=pl.Series([None, "de-AT"]))
+    assert got["e1:both|inbox"][2] == "de"  # else the user's device
+    assert got["e1:both|d-ios"] == ("Price drop", EN, "en", 0, None)  # else the default
+    got = _texts(default_locale="es")["e1:both|d-ios"]
+    assert got[1:3] == ("Red shoes ahora cuesta 39,50 EUR (antes 49,99 EUR).", "es")
+
+
+def test_a_drop_without_name_or_currency_reads_well_in_german_too():
+    """(English: `test_content_and_ids`.)"""
+    got = _texts(EVENTS.tail(1), device_locale=pl.lit("de-DE"))
+    assert got["e2:both|d-ios"][1] == "An item on your wishlist kostet jetzt 7,25 (vorher 10,00)."
+    assert got["e2:both|inbox"][1] == "An item on your wishlist kostet jetzt 7,25 (vorher 10,00)."
+
+
+def _shop(body: str, **variables) -> dict:
+    return {**defaults(), "price_drop": parse({
+        "template_id": "price_drop", "category": "price_alert", "version": 3,
+        "variables": {"title": {"type": "string"}, "new_price": {"type": "money"}, **variables},
+        "locales": {"en": {"title": "Cheaper!", "body": body, "subtitle": "Wishlist"},
+                    "de": {"title": "Billiger!", "body": "{title}: {new_price}"}},
+    })}  # fmt: skip
+
+
+def test_a_shops_override_changes_the_text_and_one_it_cannot_fill_keeps_english():
+    shop = _shop("{title} now {new_price}")
+    got = _texts(templates=shop, device_locale=pl.Series(["de-DE", "en-GB"]))
+    assert got["e1:both|d-ios"] == ("Billiger!", "Red shoes: 39,50", "de", 3, None)
+    assert got["e1:both|d-and"][:4] == ("Cheaper!", "Red shoes now 39.50", "en", 3)
+    assert json.loads(got["e1:both|d-and"][4]) == {"subtitle": "Wishlist"}
+    # A variable no price drop has: the English text Herald always sent, marked as such.
+    broken = _shop("{title} now {new_price}, {discount} off", discount={"type": "string"})
+    got = _texts(templates=broken, device_locale=pl.Series(["de-DE", "en-GB"]))
+    english = ("Price drop", EN, None, None, None)
+    assert got == {"e1:both|d-ios": ("Billiger!", "Red shoes: 39,50", "de", 3, None),
+                   "e1:both|d-and": english, "e1:both|inbox": english}  # fmt: skip
 
 
 def test_targets_render_in_any_chunking():
