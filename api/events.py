@@ -104,10 +104,16 @@ class OrderUpdated(DeliveryOptions):
     template_id: TemplateId | None = Field(
         None, description="The template to use instead of `order.<status>`; must exist"
     )
+    sequence: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="producer's per-order counter; compared before occurred_at",
+    )
 
     def logged(self) -> dict[str, Any]:
         """The log body (module doc): options left unset are left out."""
-        absent = {name for name in _OPTIONAL if getattr(self, name) is None}
+        absent = {name for name in (*_OPTIONAL, "sequence") if getattr(self, name) is None}
         return self.model_dump(mode="json", exclude=absent)
 
     def template_of(self) -> str:

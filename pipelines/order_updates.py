@@ -3,19 +3,25 @@ inbox item, as the user's channel and category preferences allow, each in its de
 language (`pipelines.localized`: the template `order.<status>`, the shop's or the shipped
 one, filled with the event's fields).
 
+Latest status wins: an update older than its order's newest (`cluster.state.orders`
+decides, from `ordering`) is not planned but recorded `superseded`, and an order's pushes
+share one collapse id and thread (`order_key`, unless the event gives `collapse_key`), so
+the phone replaces the order's previous notification instead of stacking a second one.
+
 Pure functions over polars frames, so the rule is tested without a cluster and runs on a
 whole batch of events at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import polars as pl
 
-from cluster.tables.deliveries import DELIVERIES
+from cluster.tables.deliveries import DELIVERIES, MAX_COLLAPSE_KEY
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
-from pipelines.localized import localized, with_locale_columns
+from pipelines.localized import OPTIONS, RICH_CONTENT, localized, rich_json, with_locale_columns
 from pipelines.template_model import Template
 
 ORDER_STATUSES = (
@@ -91,7 +97,7 @@ def plan(
     )
     rows = channel_rows(with_prefs.filter(pl.col("cat_order")), devices_of(audience), fallback)
     rendered, unrendered = localized(rows, templates, default_locale)
-    deliveries = as_deliveries(rendered)
+    deliveries = as_deliveries(_threaded(rendered))
     return deliveries, _suppressed(with_prefs, deliveries, unrendered)
 
 
@@ -110,6 +116,7 @@ def _messages(events: pl.DataFrame) -> pl.DataFrame:
     )
     return events.with_columns(
         template_id=pl.coalesce(pl.col("template_id"), pl.lit("order.") + pl.col("status")),
+        collapse_key=pl.coalesce(pl.col("collapse_key"), order_key()),
         variables=variables,
         data=pl.struct(
             notification_id=pl.col("notification_id"),
@@ -118,6 +125,66 @@ def _messages(events: pl.DataFrame) -> pl.DataFrame:
             status=pl.col("status"),
         ).struct.json_encode(),
     )
+
+
+ORDER_KEY_PREFIX = "order:"
+
+
+def order_key() -> pl.Expr:
+    """`order:<order_id>`, the collapse id and thread all of an order's pushes share. An
+    id too long for APNs' 64-byte collapse id is replaced by a digest of it (stable
+    across processes and versions, unlike polars' hash)."""
+    key = pl.lit(ORDER_KEY_PREFIX) + pl.col("order_id")
+    digest = pl.col("order_id").map_elements(_digest, return_dtype=pl.String)
+    return (
+        pl.when(key.str.len_bytes() <= MAX_COLLAPSE_KEY)
+        .then(key)
+        .otherwise(pl.lit(ORDER_KEY_PREFIX) + digest)
+    )
+
+
+def _digest(order_id: str) -> str:
+    return hashlib.sha256(order_id.encode()).hexdigest()[:32]
+
+
+def _threaded(rendered: pl.DataFrame) -> pl.DataFrame:
+    """Rendered rows whose template names no `thread_id` threaded by their collapse key
+    (APNs `thread-id`, Android `tag`: the tag is what replaces a shown notification), and
+    `rich` built again to carry it."""
+    if "thread_id" not in rendered.columns:
+        return rendered
+    names = [*RICH_CONTENT, *(o for o in OPTIONS if o in rendered.columns)]
+    return rendered.with_columns(
+        thread_id=pl.coalesce(pl.col("thread_id"), pl.col("collapse_key"))
+    ).with_columns(rich=rich_json(names))
+
+
+def ordering(events: pl.DataFrame) -> pl.DataFrame:
+    """What `cluster.state.orders` compares, per event in the batch's order: event_id,
+    order_id, `sequence` and `occurred_at` (the event's columns, else read from its log
+    `body`, else null), accepted_at."""
+    fields = {"sequence": pl.Int64, "occurred_at": pl.Float64}
+    return events.select(
+        pl.col("notification_id").alias("event_id"),
+        "order_id",
+        *(_field(events, name, dtype) for name, dtype in fields.items()),
+        pl.col("accepted_at").cast(pl.Float64),
+    )
+
+
+def _field(events: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    if name in events.columns:
+        column = pl.col(name)
+    elif "body" in events.columns:
+        column = pl.col("body").str.json_path_match(f"$.{name}")
+    else:
+        column = pl.lit(None)
+    return column.cast(dtype, strict=False).alias(name)
+
+
+def superseded(events: pl.DataFrame) -> pl.DataFrame:
+    """Suppressed rows for updates a newer one of their order replaced."""
+    return events.select("notification_id", "user_id", reason=pl.lit("superseded"))
 
 
 def devices_of(audience: pl.DataFrame) -> pl.DataFrame:

@@ -5,6 +5,11 @@ content is the template `order.<status>` (or the event's `template_id`) in each 
 language, from the router's template cache: one snapshot of the templates per batch, so a
 shop's edit reaches the next batch (within the cache's second) and never half a batch.
 
+Latest status wins: before planning, the batch asks `cluster.state.orders` (one script
+call) which updates are older than their order's newest; those are not sent but recorded
+suppressed as `superseded` and counted (`counts["superseded"]`), so a late `shipped`
+never reaches a phone that already shows `delivered`.
+
 They never wait behind marketing: their own log stream, read loops, retry set and senders.
 When every push of one has failed for good, the delivery step falls back to the webhook.
 """
@@ -16,21 +21,39 @@ from dataclasses import dataclass
 import polars as pl
 
 from actors.flows.delivery import TransactionalFlow
+from cluster.state.orders import OrderLatest
+from cluster.tables.deliveries import DELIVERIES
 from pipelines import order_updates
 
 
 @dataclass(eq=False)
 class OrderFlow(TransactionalFlow):
+    def __post_init__(self) -> None:
+        self.latest = OrderLatest(self.settings, self.delivery.redis)
+
     async def route(self, orders: pl.DataFrame, redelivered: bool) -> None:
-        """Plan the events' deliveries, record them (suppressed ones with their reason),
-        send. On a redelivery, deliveries already final are not sent again."""
-        audience = await self.shards.audience(orders["user_id"].unique().to_list())
-        deliveries, suppressed = order_updates.plan(
-            orders,
+        """Leave out the superseded updates, plan the others' deliveries, record them all
+        (suppressed ones with their reason), send. On a redelivery, deliveries already
+        final are not sent again."""
+        stale = await self.latest.stale(order_updates.ordering(orders))
+        deliveries, suppressed = await self._plan(orders.filter(~stale))
+        superseded = order_updates.superseded(orders.filter(stale))
+        self.counts["superseded"] += superseded.height
+        suppressed = pl.concat([suppressed, superseded], how="vertical_relaxed")
+        meta = orders.select("notification_id", "type", "user_id", "accepted_at")
+        await self.delivery.deliver_transactional(deliveries, suppressed, meta, redelivered)
+
+    async def _plan(self, fresh: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """`order_updates.plan` for the updates still to send; a batch whose every update
+        was superseded asks no shard (an empty lookup has no columns to plan on)."""
+        if fresh.height == 0:
+            none = pl.DataFrame(schema={"notification_id": pl.String, "user_id": pl.String})
+            return pl.from_arrow(DELIVERIES.empty_table()), none.with_columns(reason=pl.lit(""))
+        audience = await self.shards.audience(fresh["user_id"].unique().to_list())
+        return order_updates.plan(
+            fresh,
             audience,
             fallback=self.settings.fallback.webhook_url is not None,
             templates=await self.templates.templates(),
             default_locale=self.settings.content.default_locale,
         )
-        meta = orders.select("notification_id", "type", "user_id", "accepted_at")
-        await self.delivery.deliver_transactional(deliveries, suppressed, meta, redelivered)

@@ -20,6 +20,7 @@ Redis. The layout, by owner:
 | `shard:<index>:<table>` | hash | UserShard write-through |
 | `fanout:used_at`, `senders` | string, hash | fan-out and sender pools |
 | `{templates}` (+ `:versions`, `:generation`) | hash id → JSON, hash, counter | templates |
+| `{o:<order_id>}:latest` | hash: newest update routed | order updates (`state.orders`) |
 
 The Redis Streams log's Lua script builds `event:` and `stream:` from the prefix it is
 handed; those two spellings must stay in step with `event` and `stream` below.
@@ -126,3 +127,9 @@ def template_versions(settings: HeraldSettings) -> str:
 
 def templates_generation(settings: HeraldSettings) -> str:
     return _key(settings, "{templates}", "generation")
+
+
+def order_latest(settings: HeraldSettings, order_id: str) -> str:
+    """The newest update routed for one order. The `{o:<order_id>}` hash tag puts every key
+    of one order in one Redis Cluster slot, for any later per-order key beside it."""
+    return _key(settings, "{o:" + order_id + "}", "latest")

@@ -3,11 +3,18 @@
 import json
 
 import polars as pl
+import pytest
+from pydantic import ValidationError
 
-from pipelines.order_updates import TEMPLATES
+from api.events import OrderUpdated
+from cluster.state.orders import script_args
+from cluster.tables.deliveries import Rich
+from pipelines.order_updates import TEMPLATES, ordering, superseded
 from pipelines.order_updates import plan as plan_with
 from pipelines.templates import defaults, parse
 
+# What every push of order o1 carries unless the event gives a collapse key.
+ORDER_THREAD = {"collapse_key": "order:o1", "thread_id": "order:o1"}
 EVENTS = pl.DataFrame(
     {
         "notification_id": ["n1", "n2", "n3", "n4", "n5"],
@@ -135,11 +142,11 @@ def test_each_device_in_its_language_else_the_profile_else_the_default():
     assert _texts(deliveries)["d0"][:3] == ("Pedido enviado", "Tu pedido o1 está en camino.", "es")
 
 
-def test_english_stays_as_it_was_and_carries_no_extras():
+def test_english_stays_as_it_was_and_carries_only_the_order_thread():
     deliveries, _ = plan(LOCALIZED, _audience(["en-US"]))
     row = deliveries.filter(pl.col("device_id") == "d0").row(0, named=True)
     assert (row["title"], row["body"]) == ("Order shipped", "Your order o1 is on its way.")
-    assert row["rich"] is None and row["locale"] == "en"
+    assert json.loads(row["rich"]) == ORDER_THREAD and row["locale"] == "en"
 
 
 def test_regional_locale_falls_back_to_its_language_and_shop_override_wins():
@@ -165,7 +172,7 @@ def test_regional_locale_falls_back_to_its_language_and_shop_override_wins():
     assert got["d0"] == ("Pedido enviado", "O pedido o1 saiu.", "pt", 7)
     assert got["d1"] == ("On its way", "Order o1 left us.", "en", 7)
     rich = deliveries.filter(pl.col("device_id") == "d0")["rich"][0]
-    assert json.loads(rich) == {"sound": "x"}
+    assert json.loads(rich) == {"sound": "x", **ORDER_THREAD}
 
 
 def test_event_template_and_delivery_options():
@@ -179,4 +186,71 @@ def test_event_template_and_delivery_options():
     deliveries, _ = plan(events, _audience(["en"]))
     row = deliveries.filter(pl.col("device_id") == "d0").row(0, named=True)
     assert row["title"] == "Order delayed"
-    assert json.loads(row["rich"]) == {"priority": "high", "ttl_s": 600, "collapse_key": "o1"}
+    assert json.loads(row["rich"]) == {
+        "priority": "high",
+        "ttl_s": 600,
+        "collapse_key": "o1",
+        "thread_id": "o1",  # the event's collapse key threads the order too
+    }
+
+
+def test_an_orders_pushes_share_one_collapse_id_and_thread():
+    events = EVENTS.head(1).vstack(
+        EVENTS.head(1).with_columns(notification_id=pl.lit("n1b"), status=pl.lit("delivered"))
+    )
+    deliveries, _ = plan(events, AUDIENCE)
+    riches = {Rich.parse(r) for r in deliveries["rich"]}
+    assert riches == {Rich(collapse_key="order:o1", thread_id="order:o1")}
+    assert deliveries["notification_id"].unique().len() == 2
+
+
+def test_a_long_order_id_gets_a_digest_within_the_collapse_limit():
+    long_id = "o" * 128
+    deliveries, _ = plan(EVENTS.head(1).with_columns(order_id=pl.lit(long_id)), AUDIENCE)
+    keys = {Rich.parse(r).collapse_key for r in deliveries["rich"]}
+    (key,) = keys
+    assert key.startswith("order:") and len(key.encode()) <= 64 and key != "order:" + long_id
+
+
+def test_ordering_reads_the_log_body_and_leaves_unset_null():
+    events = EVENTS.head(3).with_columns(
+        event_id=pl.col("notification_id"),
+        body=pl.Series(
+            [
+                '{"order_id": "o1", "sequence": 7, "occurred_at": 1700000000.5}',
+                '{"order_id": "o2", "occurred_at": 1700000001}',
+                '{"order_id": "o3"}',
+            ]
+        ),
+    )
+    got = ordering(events)
+    assert got.columns == ["event_id", "order_id", "sequence", "occurred_at", "accepted_at"]
+    assert got["sequence"].to_list() == [7, None, None]
+    assert got["occurred_at"].to_list() == [1700000000.5, 1700000001.0, None]
+    assert ordering(EVENTS)["sequence"].null_count() == EVENTS.height  # no body: unset
+
+
+def test_superseded_updates_are_suppressed_with_their_reason():
+    rows = superseded(EVENTS.head(2))
+    assert rows.rows() == [("n1", "both", "superseded"), ("n2", "nodevice", "superseded")]
+
+
+def test_script_args_spell_unset_as_empty_and_times_exactly():
+    frame = pl.DataFrame(
+        {
+            "event_id": ["a", "b"],
+            "sequence": [2**62, None],
+            "occurred_at": [None, 1700000000.123456],
+            "accepted_at": [1.5, 2.0],
+        }
+    )
+    assert script_args(frame) == ["a", str(2**62), "", "1.5", "b", "", "1700000000.123456", "2.0"]
+
+
+def test_sequence_is_an_optional_non_negative_field_logged_only_when_given():
+    base = {"event_id": "e", "type": "order.updated", "user_id": "u", "order_id": "o"}
+    update = OrderUpdated(**base, status="shipped")
+    assert update.sequence is None and "sequence" not in update.logged()
+    assert OrderUpdated(**base, status="shipped", sequence=3).logged()["sequence"] == 3
+    with pytest.raises(ValidationError):
+        OrderUpdated(**base, status="shipped", sequence=-1)
