@@ -12,7 +12,8 @@ its deliveries record no locale and no template version.
 
 Preferences: the channel switches, and the event's `category` — one of the fixed ones
 (`cat_order`, `cat_price_alert`, `cat_marketing`) or the shop's own, which the user turns
-off into `categories_off` — suppresses with `category_off` when turned off.
+off into `categories_off` — suppresses with `category_opt_out` when turned off (the
+reason order updates and campaigns use too).
 
 Pure functions over polars frames, so the rule is tested without a cluster and a batch of
 events (up to 1,000 users each) is planned at once.
@@ -104,7 +105,7 @@ def plan(
         [stored_failed.select("notification_id"), given_failed.select("notification_id")]
     )
     suppressed = order_updates.suppressed(
-        wanted, deliveries, unrendered, pl.col("category_on"), "category_off"
+        wanted, deliveries, unrendered, pl.col("category_on"), "category_opt_out"
     )
     return deliveries, suppressed
 

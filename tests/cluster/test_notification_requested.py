@@ -132,7 +132,7 @@ def test_thousand_users_each_in_their_language(stack, api, emulators, uid):
         inbox = api.get(f"/v1/users/{user_id}/inbox").json()["items"]
         assert [(i["title"], i["body"]) for i in inbox] == [texts[lang]]
         assert inbox[0]["data"]["ref"] == "r-1"
-    assert statuses[f"req-{uid}:{off}"]["suppressed_reason"] == "category_off"
+    assert statuses[f"req-{uid}:{off}"]["suppressed_reason"] == "category_opt_out"
 
 
 @pytest.mark.eventlog

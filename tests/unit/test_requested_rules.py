@@ -87,7 +87,7 @@ def test_one_notification_per_user_from_a_template_in_each_language():
         "template_id": "back_in_stock",
     }
     assert dict(suppressed.select("notification_id", "reason").iter_rows()) == {
-        "e1:off": "category_off"
+        "e1:off": "category_opt_out"
     }
 
 
@@ -118,13 +118,13 @@ def test_channels_and_fixed_categories():
     deliveries, suppressed = plan(frame, audience, templates=TEMPLATES)
     assert set(deliveries["delivery_id"]) == {"e1:de|inbox", "e1:plain|inbox", "e1:off|inbox"}
     assert dict(suppressed.select("notification_id", "reason").iter_rows()) == {
-        "e1:fr": "category_off"
+        "e1:fr": "category_opt_out"
     }
     inbox_off = audience.with_columns(inbox=pl.lit(False))  # and the event asks inbox only
     _, suppressed = plan(frame, inbox_off, templates=TEMPLATES)
     assert dict(suppressed.select("notification_id", "reason").iter_rows()) == {
         "e1:de": "channel_opt_out",
-        "e1:fr": "category_off",
+        "e1:fr": "category_opt_out",
         "e1:plain": "channel_opt_out",
         "e1:off": "channel_opt_out",
     }
