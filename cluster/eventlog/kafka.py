@@ -114,6 +114,10 @@ class KafkaEventLog:
     def topic(self, lane: str) -> str:
         return f"{self.settings.kafka.log_topic_prefix}{lane}"
 
+    def _partitions(self) -> int:
+        """Partitions of a lane topic Herald creates: the Kafka override, else the log's."""
+        return self.settings.kafka.log_partitions or self.settings.eventlog.log_partitions
+
     def group(self, lane: str) -> str:
         return f"{self.settings.kafka.log_group}.{lane}"
 
@@ -122,9 +126,7 @@ class KafkaEventLog:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
         await admin.start()
         try:
-            topics = [
-                NewTopic(self.topic(lane), self.settings.kafka.log_partitions, 1) for lane in LANES
-            ]
+            topics = [NewTopic(self.topic(lane), self._partitions(), 1) for lane in LANES]
             try:
                 await admin.create_topics(topics)
             except TopicAlreadyExistsError:

@@ -19,10 +19,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cluster.settings._group import Group
+from cluster.settings.delivery import ContentSettings, DeliverySettings
 from cluster.settings.edges import ApiSettings, ApnsSettings, FcmSettings, LocalSettings
 from cluster.settings.runtime import (
     CampaignSettings,
-    ContentSettings,
     EventLogSettings,
     FallbackSettings,
     FanoutSettings,
@@ -64,6 +64,7 @@ class HeraldSettings(BaseModel):
     models: ModelSettings = _group(ModelSettings)
     fallback: FallbackSettings = _group(FallbackSettings)
     content: ContentSettings = _group(ContentSettings)
+    delivery: DeliverySettings = _group(DeliverySettings)
     api: ApiSettings = _group(ApiSettings)
     apns: ApnsSettings = _group(ApnsSettings)
     fcm: FcmSettings = _group(FcmSettings)
@@ -152,6 +153,7 @@ GROUP_CLASSES: dict[str, type[Group]] = {
     "models": ModelSettings,
     "fallback": FallbackSettings,
     "content": ContentSettings,
+    "delivery": DeliverySettings,
     "api": ApiSettings,
     "apns": ApnsSettings,
     "fcm": FcmSettings,

@@ -25,6 +25,26 @@ class ApiSettings(Group):
     http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
     http_port: int = Field(8000, description="Port of the Serve HTTP proxy.")
     max_body_bytes: int = Field(1 << 20, description="Largest request body accepted.")
+    user_token_secret: str | None = Field(
+        None,
+        description="HS256 secret(s) verifying end users' tokens: a string, or JSON "
+        '{"kid": "secret"} so keys rotate without downtime. Unset: /v1/me is closed.',
+    )
+    user_token_public_key: str | None = Field(
+        None,
+        description='ES256/RS256 public key(s) (PEM, or JSON {"kid": "PEM"}) verifying '
+        "end users' tokens, instead of or beside the secret.",
+    )
+    user_token_audience: str = Field(
+        "herald", description="The `aud` an end user's token must carry."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000", "http://localhost:8000"],
+        description="Origins (JSON list) whose pages may open /v1/me/stream; others get 4403.",
+    )
+    stream_max_per_user: int = Field(
+        5, ge=1, le=100, description="Most live streams (WebSockets) one user may hold open."
+    )
 
 
 class ApnsSettings(Group):

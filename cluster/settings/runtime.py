@@ -35,6 +35,11 @@ class StateSettings(Group):
         14 * 24 * 3600, description="How long delivery status of a notification is kept."
     )
     inbox_max_items: int = Field(200, description="Newest inbox items kept per user.")
+    redis_cluster: bool = Field(
+        False,
+        description="Talk to HERALD_REDIS_URL as a Redis Cluster (redis.asyncio.RedisCluster); "
+        "every key carries a hash tag so each script touches one slot.",
+    )
 
 
 class LogSettings(Group):
@@ -101,6 +106,13 @@ class EventLogSettings(Group):
     poison_attempts: int = Field(
         3, ge=1, description="Times an event may fail routing before it is dead-lettered."
     )
+    log_partitions: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Partitions of each lane's log (Redis: a stream each, read under a lease; "
+        "Kafka: the topic's partitions), chosen from the user id (product id for price drops).",
+    )
 
 
 class KafkaSettings(Group):
@@ -125,8 +137,11 @@ class KafkaSettings(Group):
     log_group: str = Field(
         "herald-routers", description="Kafka event log: consumer group prefix of the routers."
     )
-    log_partitions: int = Field(
-        8, ge=1, description="Kafka event log: partitions per lane topic (created if missing)."
+    log_partitions: int | None = Field(
+        None,
+        ge=1,
+        description="Kafka event log: partitions per lane topic when created (default "
+        "HERALD_LOG_PARTITIONS).",
     )
     log_produce_timeout_s: float = Field(
         10.0, gt=0, description="Kafka event log: longest wait for the broker to take events."
@@ -286,6 +301,11 @@ class PriceDropSettings(Group):
         description="Most wishers one price drop notifies, best-ranked first (the rest are "
         "counted, not sent); unset: every eligible wisher, still sent in ranked order.",
     )
+    ttl_s: int = Field(
+        6 * 3600,
+        ge=1,
+        description="Time to live of a price-drop push; a retry or hold past it is expired.",
+    )
 
 
 class MarketingSettings(Group):
@@ -363,21 +383,3 @@ class FallbackSettings(Group):
         description="Webhook (e.g. an email service) for order updates no push could reach.",
     )
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook call.")
-
-
-class ContentSettings(Group):
-    """What notifications say: the locale templates fall back to.
-
-    Variables: `HERALD_<FIELD>`.
-    """
-
-    model_config = env_prefix("HERALD_")
-
-    default_locale: str = Field(
-        "en",
-        min_length=1,
-        max_length=35,
-        description="Locale (BCP 47, e.g. en, pt-BR) a notification renders in when its "
-        "template has neither the device's nor the profile's locale (nor their language); "
-        "then its language, then the template's first locale.",
-    )
