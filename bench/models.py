@@ -1,9 +1,12 @@
 """Ranking-model numbers: offline lift on the synthetic ground truth, training time for
-1 M feedback rows, and a hot deploy under traffic on a local stack.
+1 M feedback rows, and a hot deploy under traffic on a local stack; with `--off-policy`,
+only the off-policy numbers (no cluster): the Open Bandit Dataset estimator check, Herald's
+ranker on OBD, and the evaluation time of 1 M logged sends (`bench/models_off_policy.py`).
 
-    .venv/bin/python bench/models.py
+    .venv/bin/python bench/models.py [--off-policy]
 
-Writes `bench/results/models.json` and the evaluation plots to `bench/results/models/`.
+Writes `bench/results/models.json` (the off-policy run updates its `off_policy` part and
+keeps the rest) and the evaluation plots to `bench/results/models/`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.models_off_policy import off_policy  # noqa: E402
 from models.evaluate import evaluate  # noqa: E402
 from models.ranker import load_ranker  # noqa: E402
 from models.registry import Registry  # noqa: E402
@@ -88,6 +92,13 @@ def _regret(bandit: dict) -> dict:
 
 
 def main() -> None:
+    if "--off-policy" in sys.argv[1:]:
+        path = RESULTS / "models.json"
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        result["off_policy"] = off_policy()
+        print(json.dumps(result["off_policy"], indent=1))
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        return
     out = RESULTS / "models"
     evaluation = evaluate(load_ranker(), users=50_000, out_dir=out)
     headline = evaluation
@@ -104,6 +115,7 @@ def main() -> None:
         "train_rows": metrics.get("train_rows"),
         "holdout_auc": metrics.get("holdout_auc"),
         **deploy,
+        "off_policy": off_policy(),
         "command": "python bench/models.py",
     }
     print(json.dumps(result, indent=1))

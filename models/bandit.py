@@ -7,7 +7,16 @@ campaign by score (top-k and / or threshold) without a full sort.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+from models.propensity import DRAWS, choice_probabilities
+
+# How each user came to get their variant (and so the score the audience cut ranked them
+# by): the model's choice, or the exploration share's draw.
+BY_RANK = "rank"
+BY_EXPLORATION = "exploration"
 
 
 def _clean(scores: np.ndarray) -> np.ndarray:
@@ -23,6 +32,56 @@ def _check_stats(stats: np.ndarray, n_variants: int) -> np.ndarray:
     if not np.all(np.isfinite(stats)) or np.any(stats < 0):
         raise ValueError("stats must be finite, non-negative [successes, failures] counts")
     return stats
+
+
+class Choice(NamedTuple):
+    """A logged choice: `chosen` variant index per user; `explored`, True where the
+    exploration share drew it; `propensity`, the probability the policy had of choosing it
+    (`models.propensity`), with `propensity_se`, its Monte-Carlo error; `p`, the whole
+    (n_users, n_variants) matrix of choice probabilities (rows sum to 1)."""
+
+    chosen: np.ndarray
+    explored: np.ndarray
+    propensity: np.ndarray
+    propensity_se: np.ndarray
+    p: np.ndarray
+
+
+def _prepare(scores: np.ndarray, stats: np.ndarray | None, exploration: float):
+    if not 0.0 <= exploration <= 1.0:
+        raise ValueError(f"exploration must be within [0, 1], got {exploration}")
+    scores = _clean(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (n_users, n_variants), got shape {scores.shape}")
+    if scores.shape[0] and scores.shape[1] == 0:
+        raise ValueError("no variants to choose from")
+    if stats is not None:
+        stats = _check_stats(stats, scores.shape[1])
+    return scores, stats
+
+
+def _choose(
+    scores: np.ndarray, stats: np.ndarray | None, exploration: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, explored) for clean scores and checked stats (see `choose_variants`)."""
+    n, v = scores.shape
+    explore = rng.random(n) < exploration if exploration > 0 else np.zeros(n, dtype=bool)
+    if stats is None:
+        chosen = np.argmax(scores, axis=1)
+    else:
+        draw = rng.beta(1.0 + stats[:, 0], 1.0 + stats[:, 1])
+        lift = draw / draw.mean()
+        chosen = np.argmax(scores * lift[None, :], axis=1)
+
+    m = int(explore.sum())
+    if m:
+        if stats is None:
+            picked = rng.integers(0, v, size=m)
+        else:
+            draws = rng.beta(1.0 + stats[:, 0], 1.0 + stats[:, 1], size=(m, v))
+            picked = np.argmax(draws, axis=1)
+        chosen[explore] = picked
+    return chosen.astype(np.int64, copy=False), explore
 
 
 def choose_variants(
@@ -46,36 +105,34 @@ def choose_variants(
       independent Beta draw per user and variant (uniform without stats).
 
     Ties go to the lowest variant index."""
-    if not 0.0 <= exploration <= 1.0:
-        raise ValueError(f"exploration must be within [0, 1], got {exploration}")
-    scores = _clean(scores)
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be (n_users, n_variants), got shape {scores.shape}")
+    scores, stats = _prepare(scores, stats, exploration)
+    if scores.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    return _choose(scores, stats, exploration, rng)[0]
+
+
+def choose_logged(
+    scores: np.ndarray,
+    stats: np.ndarray | None,
+    *,
+    exploration: float,
+    rng: np.random.Generator,
+    draws: int = DRAWS,
+) -> Choice:
+    """`choose_variants` plus what an off-policy estimator needs logged per send: whether
+    the user was explored and the propensity of the chosen variant. The same draws as
+    `choose_variants` with the same `rng` pick the variants (the Monte-Carlo estimate of
+    the propensities draws from a generator spawned off `rng` afterwards)."""
+    scores, stats = _prepare(scores, stats, exploration)
     n, v = scores.shape
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if v == 0:
-        raise ValueError("no variants to choose from")
-    if stats is not None:
-        stats = _check_stats(stats, v)
-
-    explore = rng.random(n) < exploration if exploration > 0 else np.zeros(n, dtype=bool)
-    if stats is None:
-        chosen = np.argmax(scores, axis=1)
-    else:
-        draw = rng.beta(1.0 + stats[:, 0], 1.0 + stats[:, 1])
-        lift = draw / draw.mean()
-        chosen = np.argmax(scores * lift[None, :], axis=1)
-
-    m = int(explore.sum())
-    if m:
-        if stats is None:
-            picked = rng.integers(0, v, size=m)
-        else:
-            draws = rng.beta(1.0 + stats[:, 0], 1.0 + stats[:, 1], size=(m, v))
-            picked = np.argmax(draws, axis=1)
-        chosen[explore] = picked
-    return chosen.astype(np.int64, copy=False)
+        empty = np.zeros(0)
+        return Choice(np.zeros(0, np.int64), np.zeros(0, bool), empty, empty, np.zeros((0, v)))
+    chosen, explored = _choose(scores, stats, exploration, rng)
+    mc = np.random.default_rng(rng.integers(0, 2**63))
+    p, se = choice_probabilities(scores, stats, exploration=exploration, rng=mc, draws=draws)
+    rows = np.arange(n)
+    return Choice(chosen, explored, p[rows, chosen], se[rows, chosen], p)
 
 
 def select_top(

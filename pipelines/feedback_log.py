@@ -5,7 +5,12 @@ by day (`<root>/sends/day=YYYY-MM-DD/*.parquet`, `<root>/actions/day=YYYY-MM-DD/
 when a price drop is (`pipelines.price_drops.sends`: campaign id = the event id): one row
 per chosen user with the inputs of the feature contract exactly as they were scored (the
 snapshot's columns, not a later copy), the campaign, category, variant and its style, the
-model version and the score. *Actions* are `POST /v1/feedback` (opened, clicked,
+model version and the score, and what off-policy evaluation needs (`models.off_policy`):
+`propensity`, the probability the live policy had of choosing that variant for that user
+(`models.propensity`: Monte-Carlo under Thompson sampling, 1.0 for a deterministic choice),
+`propensity_se`, its Monte-Carlo error, and `audience` (`rank` or `exploration`: how the
+user's variant, and so the score they were ranked into the audience by, was chosen).
+*Actions* are `POST /v1/feedback` (opened, clicked,
 dismissed), exported from the Redis feedback stream by the routers. `training_rows` joins
 the two into one row per send with `opened` / `clicked` labels — the frame
 `models.training` takes.
@@ -23,6 +28,9 @@ import polars as pl
 
 # The snapshot columns the feature contract reads (`models.features`), kept as scored.
 FEATURE_INPUTS = ("timezone", "country", "attributes", "platforms", "last_active_at")
+# Off-policy columns of a send (`pipelines.campaigns.CHOSEN_COLUMNS`); rows planned before
+# they existed read as null, which `models.off_policy` refuses rather than guesses.
+PROPENSITY_COLUMNS = ("propensity", "propensity_se", "audience")
 ACTION_SCHEMA = {
     "notification_id": pl.String,
     "user_id": pl.String,
@@ -49,7 +57,8 @@ def sends(
         inputs.append(affinity)
     styles = {v["variant_id"]: v.get("style") or "plain" for v in campaign["variants"]}
     cid = campaign["campaign_id"]
-    return chosen.select("user_id", "variant_id", "score").join(
+    logged = [c for c in PROPENSITY_COLUMNS if c in chosen.columns]
+    return chosen.select("user_id", "variant_id", "score", *logged).join(
         users.select("user_id", *inputs), on="user_id", how="left"
     ).with_columns(
         notification_id=pl.lit(f"{cid}~") + pl.col("user_id"),
@@ -59,6 +68,16 @@ def sends(
         model_version=pl.lit(model_version),
         sent_at=pl.lit(now, dtype=pl.Float64),
     )  # fmt: skip
+
+
+def deterministic() -> dict[str, pl.Expr]:
+    """The off-policy columns of a send chosen with certainty (a price drop's one variant,
+    by rank): the live policy would have sent exactly this again."""
+    return {
+        "propensity": pl.lit(1.0, dtype=pl.Float64),
+        "propensity_se": pl.lit(0.0, dtype=pl.Float64),
+        "audience": pl.lit("rank"),
+    }
 
 
 def write(rows: pl.DataFrame, root: Path, kind: str, at_column: str) -> list[Path]:
@@ -114,3 +133,13 @@ def training_rows(root: Path) -> pl.DataFrame:
         .join(did, on="notification_id", how="left")
         .with_columns(pl.col("opened", "clicked").fill_null(False))
     )
+
+
+def logged_sends(root: Path, *, since_s: float | None = None, now: float | None = None):
+    """`training_rows` of the sends of the last `since_s` seconds (all without it): what
+    off-policy evaluation weighs a candidate on (`models.off_policy_log`)."""
+    rows = training_rows(root)
+    if since_s is None or rows.height == 0:
+        return rows
+    cutoff = (time.time() if now is None else now) - since_s
+    return rows.filter(pl.col("sent_at") >= cutoff)

@@ -84,12 +84,45 @@ def model_show(
 
 @app.command("deploy")
 def model_deploy(
-    version: Version, model_dir: ModelDir = None, data_dir: DataDir = DEFAULT_DATA_DIR
+    version: Version,
+    require_lift: Annotated[
+        bool,
+        typer.Option(
+            "--require-lift",
+            help="Refuse unless the off-policy DR lower bound of opens per send on the last "
+            "7 days of logged sends beats the live policy's observed rate.",
+        ),
+    ] = False,
+    feedback: Annotated[
+        Path | None,
+        typer.Option(envvar="HERALD_FEEDBACK_DIR", help="The feedback log (with --require-lift)."),
+    ] = None,
+    model_dir: ModelDir = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Point the registry at VERSION after loading it under the feature contract."""
+    registry = _registry(model_dir, data_dir)
+    if require_lift:
+        _require_lift(registry, version, feedback or data_dir / "feedback")
     with _refused():
-        previous = _registry(model_dir, data_dir).deploy(version)
+        previous = registry.deploy(version)
     typer.echo(f"deployed {version} (previous: {previous})")
+
+
+def _require_lift(registry, version: str, feedback: Path) -> None:
+    """Exit 2 with the reason when VERSION is not shown to beat the live policy."""
+    from api.models import LIFT_WINDOW_S  # lazy: keeps `herald --help` fast
+    from models.off_policy_log import evaluate_candidate, lift_verdict
+    from pipelines.feedback_log import logged_sends
+
+    with _refused():
+        ranker = registry.load(version)
+        rows = logged_sends(feedback, since_s=LIFT_WINDOW_S)
+        if rows.height == 0:
+            raise ValueError(f"refused: no sends logged in {feedback} over the last 7 days")
+        reason = lift_verdict(evaluate_candidate(rows, ranker))
+        if reason is not None:
+            raise ValueError(f"refused: {reason}")
 
 
 @app.command("rollback")
@@ -160,6 +193,17 @@ def model_train(
         typer.echo(f"registered {version} (deploy it with `herald model deploy {version}`)")
 
 
+def _duration_s(text: str) -> float:
+    """'7d', '24h', '90m' or seconds → seconds (typer.BadParameter otherwise)."""
+    units = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration like 7d, 24h or 3600") from None
+
+
 @app.command("evaluate")
 def model_evaluate(
     version: Annotated[
@@ -169,13 +213,52 @@ def model_evaluate(
         Path | None, typer.Option(help="Write lift / calibration / regret PNGs and JSON here.")
     ] = None,
     users: Annotated[int, typer.Option(min=1_000, help="Size of the fresh population.")] = 50_000,
+    off_policy: Annotated[
+        bool,
+        typer.Option(
+            "--off-policy",
+            help="Estimate on the logged sends instead (IPS, SNIPS, DR with 95 % intervals) "
+            "beside the live policy's observed rate.",
+        ),
+    ] = False,
+    since: Annotated[
+        str, typer.Option(help="With --off-policy: the sends of this last period (7d, 24h).")
+    ] = "7d",
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="HERALD_FEEDBACK_DIR",
+            help="With --off-policy: the feedback log (default: <data-dir>/feedback).",
+        ),
+    ] = None,
     model_dir: ModelDir = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Offline evaluation against the synthetic world's ground truth: precision@k and
-    expected clicks vs random / recency / oracle targeting, calibration, bandit regret."""
-    from models.evaluate import describe, evaluate  # lazy: keeps `herald --help` fast
-
+    expected clicks vs random / recency / oracle targeting, calibration, bandit regret.
+    With --off-policy: what VERSION would have got on the sends the live policy logged."""
     with _refused():
         ranker = _registry(model_dir, data_dir).load(version)
+    if off_policy:
+        _off_policy(ranker, feedback or data_dir / "feedback", _duration_s(since), out)
+        return
+    from models.evaluate import describe, evaluate  # lazy: keeps `herald --help` fast
+
     typer.echo(describe(evaluate(ranker, users=users, out_dir=out)))
+
+
+def _off_policy(ranker, feedback: Path, since_s: float, out: Path | None) -> None:
+    from models.off_policy_log import describe, evaluate_candidate  # lazy, as above
+    from pipelines.feedback_log import logged_sends  # lazy, as above
+
+    started = time.perf_counter()
+    with _refused(ValueError, OSError):
+        rows = logged_sends(feedback, since_s=since_s)
+        if rows.height == 0:
+            raise ValueError(f"no sends logged in {feedback} over the last {since_s:.0f} s")
+        result = evaluate_candidate(rows, ranker)
+    typer.echo(describe(result, version=ranker.version))
+    typer.echo(f"took {time.perf_counter() - started:.2f} s")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "off_policy.json").write_text(json.dumps(result, indent=1) + "\n")
