@@ -14,10 +14,9 @@ talk to Redis themselves.
 
 import asyncio
 import json
-import time
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Path, Query, Response, WebSocket, WebSocketDisconnect
+from fastapi import Body, FastAPI, Path, Query, Response, WebSocket
 from ray import serve
 from ray.serve import Application
 
@@ -25,11 +24,14 @@ from actors.bootstrap import ensure_actors
 from actors.fanout_pool import running_fanout_workers
 from actors.sender_pool import running_sender_replicas
 from api.auth import admit, check_keys_before_json, require
+from api.demo import demo_router
 from api.errors import ApiError, BodySizeLimit, install_error_handlers, not_found
 from api.events import EventsAccepted, EventsIn, log_entries
 from api.fleet import Fleet
+from api.live import REPLICA_MAX_STREAMS, open_live, run_stream
+from api.me import Me, me_router
 from api.models import ModelControl
-from api.rows import device_row, preferences_row, profile_row, wishlist_rows
+from api.rows import preferences_row, profile_row, wishlist_rows
 from api.schemas import (
     CAMPAIGN_ID_PATTERN,
     ID_PATTERN,
@@ -60,17 +62,18 @@ from api.templates import (
     TemplateOut,
     parse_template,
 )
+from api.user_actions import Users, record_feedback, register_device, unregister_device
+from api.user_tokens import UserTokens
 from cluster import metrics
 from cluster.eventlog import open_event_log
 from cluster.logs import configure_logging
 from cluster.settings import ApiSettings, HeraldArgs, HeraldSettings, settings_from_args
-from cluster.state.campaigns import CampaignStore, campaign_of
+from cluster.state.campaigns import CampaignStore
 from cluster.state.clients import async_client, ping
 from cluster.state.deliveries import DeliveryState
 from cluster.state.devices import DeviceOwners
 from cluster.state.feedback import FeedbackStore
 from cluster.state.inbox import InboxStore
-from cluster.tables.devices import device_id_for
 from cluster.vocabulary import LANES
 from models.registry import Registry
 from pipelines.template_model import TEMPLATE_ID_PATTERN
@@ -89,14 +92,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 # Names the routes use are defined above the class: `serve.ingress` pickles the FastAPI app
 # when the class is defined, so they must exist by then.
+def _replica() -> Any:
+    """The ingress instance of the replica answering. Serve's replica context holds it (the
+    lookup Serve itself makes to hand each route its `self`), so every replica checks keys
+    and tokens against the settings it was built with."""
+    return serve.get_replica_context().servable_object
+
+
 def _api_keys() -> dict[str, list[str]]:
-    """The key → scopes map of the replica answering. Serve's replica context holds the
-    replica's ingress instance (the lookup Serve itself makes to hand each route its
-    `self`), so every replica checks keys against the settings it was built with."""
-    return serve.get_replica_context().servable_object.settings.api.api_keys
+    return _replica().settings.api.api_keys
 
 
 INGEST = [require("ingest", _api_keys)]
+READ = [require("read", _api_keys)]
+CAMPAIGNS = [require("campaigns", _api_keys)]
 ADMIN = [require("admin", _api_keys)]
 TEMPLATES = {"tags": ["templates"], "dependencies": ADMIN, "response_model_exclude_none": True}
 
@@ -107,6 +116,14 @@ api = FastAPI(
     responses=ERRORS,
 )
 install_error_handlers(api)
+api.include_router(
+    me_router(
+        lambda: _replica().me,
+        lambda: _replica().user_tokens,
+        lambda: _replica().settings.api.allowed_origins,
+    )
+)
+api.include_router(demo_router())
 check_keys_before_json(api)
 # The ingress sets the real limit from its settings when a replica starts.
 body_limit = BodySizeLimit.Limit(max_bytes=ApiSettings.model_fields["max_body_bytes"].default)
@@ -115,7 +132,10 @@ api.add_middleware(BodySizeLimit, limit=body_limit)
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.2},
-    max_ongoing_requests=200,
+    # A WebSocket is one ongoing request for as long as it is open: room for
+    # `api.live.REPLICA_MAX_STREAMS` streams plus 200 HTTP requests, so held sockets never
+    # queue ingestion at the proxy (a replica refuses streams past its cap instead).
+    max_ongoing_requests=REPLICA_MAX_STREAMS + 200,
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 50},
 )
 @serve.ingress(api)
@@ -131,10 +151,16 @@ class HeraldIngress:
         self.owners = DeviceOwners(settings, self.redis)
         self.feedback = FeedbackStore(settings, self.redis)
         self.inbox = InboxStore(settings, self.redis)
+        self.user_tokens = UserTokens.from_settings(settings.api)
+        self.live = open_live(settings, self.redis)  # streams' Redis: off ingestion's pool
         self.templates = TemplateBook(settings, self.redis)
         ensure_actors(settings)
         self.fleet = Fleet(settings, running_fanout_workers, running_sender_replicas)
-        self.models = ModelControl(Registry(settings.models_root), self.fleet.reload_fanout_workers)
+        self.models = ModelControl(
+            Registry(settings.models_root), self.fleet.reload_fanout_workers, settings.feedback_root
+        )
+        self.users = Users(self.fleet, self.owners, self.state, self.feedback)
+        self.me = Me(self.users, self.inbox, self.live)
 
     # --- health --------------------------------------------------------------------------
     @api.get("/healthz", tags=["health"])
@@ -163,26 +189,16 @@ class HeraldIngress:
     # --- devices and users ---------------------------------------------------------------
     @api.post("/v1/devices", status_code=201, tags=["devices"], dependencies=INGEST)
     async def register_device(self, device: DeviceIn, response: Response) -> DeviceOut:
-        """Register a device; the same token again updates its row (200) instead of adding one."""
-        device_id = device_id_for(device.platform, device.app_id, device.token)
-        previous = await self.owners.owner(device_id)
-        if previous is not None and previous != device.user_id:
-            # The phone changed hands: the old user must stop getting pushes on it.
-            await self.fleet.shard(previous).deactivate_devices.remote([device_id])
-        row = device_row(device, device_id)
-        await self.fleet.shard(device.user_id).upsert_devices.remote(row)
-        await self.owners.set_owner(device_id, device.user_id)
-        if previous is not None:
+        """Register a device; the same token again updates its row (200) instead of adding
+        one; a token seen with another user moves to this one."""
+        device_id, created = await register_device(self.users, device)
+        if not created:
             response.status_code = 200
-        return DeviceOut(device_id=device_id, created=previous is None)
+        return DeviceOut(device_id=device_id, created=created)
 
     @api.delete("/v1/devices/{device_id}", status_code=204, tags=["devices"], dependencies=INGEST)
     async def unregister_device(self, device_id: DeviceId) -> Response:
-        owner = await self.owners.owner(device_id)
-        if owner is None:
-            raise not_found("device", device_id, "device_id", "unknown device")
-        await self.fleet.shard(owner).deactivate_devices.remote([device_id])
-        await self.owners.forget(device_id)
+        await unregister_device(self.users, device_id)
         return Response(status_code=204)
 
     @api.put("/v1/users/{user_id}", tags=["users"], dependencies=INGEST)
@@ -218,7 +234,7 @@ class HeraldIngress:
             duplicate=[t[0] for t, new in zip(triples, fresh, strict=True) if not new],
         )
 
-    @api.get("/v1/notifications/{notification_id}", tags=["events"], dependencies=INGEST)
+    @api.get("/v1/notifications/{notification_id}", tags=["events"], dependencies=READ)
     async def get_notification(self, notification_id: NotificationId) -> NotificationStatus:
         """Status per device and channel. A price drop is one notification per user:
         `<event_id>:<user_id>`."""
@@ -267,7 +283,7 @@ class HeraldIngress:
         return Response(status_code=204)
 
     # --- campaigns and feedback ------------------------------------------------------------
-    @api.post("/v1/campaigns", status_code=202, tags=["campaigns"], dependencies=INGEST)
+    @api.post("/v1/campaigns", status_code=202, tags=["campaigns"], dependencies=CAMPAIGNS)
     async def post_campaign(self, campaign: CampaignIn, response: Response) -> CampaignAccepted:
         """Accept a campaign; it starts at `send_at` (or now) in the marketing lane. Posting
         the same campaign again is a no-op (200); another body under the same id is a 409."""
@@ -291,7 +307,7 @@ class HeraldIngress:
             created=created,
         )
 
-    @api.get("/v1/campaigns/{campaign_id}", tags=["campaigns"], dependencies=INGEST)
+    @api.get("/v1/campaigns/{campaign_id}", tags=["campaigns"], dependencies=CAMPAIGNS)
     async def get_campaign(self, campaign_id: CampaignId) -> CampaignStatus:
         """Progress: who was targeted, suppressed (by reason), selected, deferred to the
         end of quiet hours, sent, delivered, failed; per-variant sends and feedback."""
@@ -300,7 +316,7 @@ class HeraldIngress:
             raise not_found("campaign", campaign_id, "campaign_id", "unknown campaign")
         return CampaignStatus.model_validate(status)
 
-    @api.delete("/v1/campaigns/{campaign_id}", tags=["campaigns"], dependencies=INGEST)
+    @api.delete("/v1/campaigns/{campaign_id}", tags=["campaigns"], dependencies=CAMPAIGNS)
     async def cancel_campaign(self, campaign_id: CampaignId) -> CampaignStatus:
         """Cancel what is not sent yet (including pushes held for quiet hours). A finished
         campaign stays `done`."""
@@ -308,26 +324,18 @@ class HeraldIngress:
             raise not_found("campaign", campaign_id, "campaign_id", "unknown campaign")
         return CampaignStatus.model_validate(await self.campaigns.get(campaign_id))
 
-    @api.post("/v1/feedback", tags=["campaigns"], dependencies=INGEST)
+    @api.post("/v1/feedback", tags=["feedback"], dependencies=INGEST)
     async def post_feedback(self, feedback: FeedbackIn) -> FeedbackAccepted:
         """What the user did with a notification. Counted once per (notification, action);
         a campaign's counts per variant steer its Thompson sampling, and every action lands
         in the feedback stream the next model is trained on."""
-        nid = feedback.notification_id
-        record = await self.state.get(nid)
-        if record is None:
-            raise not_found("notification", nid, "notification_id", "unknown id")
-        if record["meta"].get("user_id") != feedback.user_id:
-            raise ApiError(
-                422,
-                "invalid",
-                "the notification was not sent to this user",
-                fields=[{"field": "user_id", "reason": "not the notification's recipient"}],
-            )
-        counted = await self.feedback.record(
-            nid, feedback.user_id, feedback.action, record["meta"], campaign_of(nid), time.time()
+        return await record_feedback(
+            self.users,
+            feedback.notification_id,
+            feedback.user_id,
+            feedback.action,
+            hide_others=False,
         )
-        return FeedbackAccepted(notification_id=nid, action=feedback.action, counted=counted)
 
     # --- models ----------------------------------------------------------------------------
     @api.get("/v1/models", tags=["models"], dependencies=ADMIN)
@@ -347,11 +355,15 @@ class HeraldIngress:
         return await self.models.set_shadow(None)
 
     @api.post("/v1/models/{version}/deploy", tags=["models"], dependencies=ADMIN)
-    async def deploy_model(self, version: ModelVersion) -> ModelDeployed:
+    async def deploy_model(
+        self, version: ModelVersion, require_lift: bool = False
+    ) -> ModelDeployed:
         """Make `version` the ranker of new campaigns, in every fan-out worker, without a
         restart; running campaigns finish on the version they started with (admin). A model
-        that does not load or does not match the feature contract is refused (422)."""
-        return await self.models.deploy(version)
+        that does not load or does not match the feature contract is refused (422); with
+        `?require_lift=true`, so is one whose off-policy lower bound on last week's logged
+        sends does not beat the live policy (422 `no_lift`, `api.models`)."""
+        return await self.models.deploy(version, require_lift=require_lift)
 
     @api.post("/v1/models/rollback", tags=["models"], dependencies=ADMIN)
     async def rollback_model(self) -> ModelDeployed:
@@ -359,27 +371,18 @@ class HeraldIngress:
         return await self.models.rollback()
 
     # --- inbox ---------------------------------------------------------------------------
-    @api.get("/v1/users/{user_id}/inbox", tags=["inbox"], dependencies=INGEST)
+    @api.get("/v1/users/{user_id}/inbox", tags=["inbox"], dependencies=READ)
     async def get_inbox(
         self, user_id: UserId, limit: Annotated[int, Query(ge=1, le=200)] = 50
     ) -> Inbox:
         return Inbox(user_id=user_id, items=await self.inbox.latest(user_id, limit))
 
     @api.websocket("/v1/users/{user_id}/stream")
-    async def stream(self, websocket: WebSocket, user_id: str) -> None:
-        """Live inbox items (ingest scope). Browsers cannot set headers on a WebSocket, so
-        the key may also come as `?api_key=` (`api.auth.admit`)."""
-        if not await admit(websocket, self.settings.api.api_keys, "ingest"):
-            return
-        try:
-            async with self.inbox.follow(user_id) as feed:
-                await websocket.send_json({"type": "subscribed", "user_id": user_id})
-                while True:
-                    item = await feed.next(timeout_s=1.0)
-                    if item is not None:
-                        await websocket.send_json({"type": "notification", "item": item})
-        except WebSocketDisconnect:
-            pass
+    async def stream(self, websocket: WebSocket, user_id: UserId) -> None:
+        """Any user's live inbox changes, for support tools (read scope, key in the header
+        only). End users' apps and pages use `WS /v1/me/stream` with a user token."""
+        if await admit(websocket, self.settings.api.api_keys, "read"):
+            await run_stream(websocket, self.live, user_id, {})
 
 
 def app_builder(args: HeraldArgs) -> Application:

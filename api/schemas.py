@@ -47,8 +47,10 @@ class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DeviceIn(Contract):
-    user_id: Identifier
+class MyDeviceIn(Contract):
+    """A device the signed-in user's app registers for itself (`POST /v1/me/devices`): the
+    user is the token's, never the body's."""
+
     platform: Literal["ios", "android", "web"]
     token: str = Field(min_length=1, max_length=4096)
     app_id: Identifier = "default"
@@ -56,12 +58,18 @@ class DeviceIn(Contract):
     timezone: TimeZone = None
 
     @model_validator(mode="after")
-    def _token_shape(self) -> DeviceIn:
+    def _token_shape(self) -> MyDeviceIn:
         if self.platform == "ios" and not APNS_TOKEN.match(self.token):
             raise ValueError("token: an APNs device token is 64 hexadecimal characters")
         if self.platform in ("android", "web") and not FCM_TOKEN.match(self.token):
             raise ValueError("token: not an FCM registration token ('<id>:<base64url>')")
         return self
+
+
+class DeviceIn(MyDeviceIn):
+    """A device a service registers for any user (`POST /v1/devices`, ingest scope)."""
+
+    user_id: Identifier
 
 
 class DeviceOut(BaseModel):
@@ -143,7 +151,7 @@ class DeliveryStatus(BaseModel):
     channel: str
     status: Literal[
         "queued", "retrying", "delivered", "dead", "failed", "dead_lettered",
-        "cancelled",
+        "cancelled", "expired", "superseded", "rate_limited",
     ]  # fmt: skip
     attempts: int
     last_error: str | None = None
@@ -158,8 +166,9 @@ class DeliveryStatus(BaseModel):
 class NotificationStatus(BaseModel):
     notification_id: str
     state: Literal[
-        "accepted", "in_progress", "delivered", "partially_delivered", "failed", "suppressed"
-    ]
+        "accepted", "in_progress", "delivered", "partially_delivered", "failed", "suppressed",
+        "expired",
+    ]  # fmt: skip
     user_id: str | None = None
     type: str | None = None
     accepted_at: float | None = None
@@ -181,6 +190,31 @@ class InboxItem(BaseModel):
 class Inbox(BaseModel):
     user_id: str
     items: list[InboxItem]
+
+
+class MyInboxItem(InboxItem):
+    read: bool = Field(description="Marked read on any of the user's devices or tabs")
+
+
+class MyInbox(BaseModel):
+    """A page of the signed-in user's inbox, newest first."""
+
+    items: list[MyInboxItem]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page"
+    )
+    unread: int = Field(description="Unread items in the whole inbox")
+
+
+class Unread(BaseModel):
+    unread: int = Field(description="Unread items in the user's inbox, after the change")
+
+
+class MyFeedbackIn(Contract):
+    """What the signed-in user did with one of their own notifications."""
+
+    notification_id: Annotated[str, Field(pattern=NOTIFICATION_ID_PATTERN)]
+    action: Literal["opened", "clicked", "dismissed"]
 
 
 class FieldError(BaseModel):
@@ -269,6 +303,14 @@ class CampaignIn(Contract):
     send_at: float | None = Field(
         None, ge=0, description="Epoch seconds to start; now when absent or past"
     )
+    ends_at: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Epoch seconds after which its pushes are not sent: each push's TTL "
+        "(apns-expiration, android.ttl) ends then, and retries or quiet-hours holds past it "
+        "are dropped as expired; must be after send_at",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> CampaignIn:
@@ -277,6 +319,8 @@ class CampaignIn(Contract):
             raise ValueError("variants: variant_id values must be distinct")
         if len(set(self.channels)) != len(self.channels):
             raise ValueError("channels: listed twice")
+        if self.ends_at is not None and self.ends_at <= (self.send_at or 0):
+            raise ValueError("ends_at: must be after send_at")
         return self
 
 

@@ -10,7 +10,8 @@ from api.schemas import NotificationStatus
 
 def overall_state(record: dict[str, Any]) -> str:
     """One word for all of a notification's deliveries: in progress while any may still
-    be sent, delivered when all were, partially delivered when some were, else failed; a
+    be sent, delivered when all were, partially delivered when some were, expired when
+    every one outlived its ttl_s unsent, else failed; a
     notification without deliveries is suppressed (with its reason) or not routed yet."""
     statuses = [d["status"] for d in record["deliveries"]]
     if not statuses:
@@ -21,6 +22,8 @@ def overall_state(record: dict[str, Any]) -> str:
         return "delivered"
     if any(s == "delivered" for s in statuses):
         return "partially_delivered"
+    if all(s == "expired" for s in statuses):
+        return "expired"
     return "failed"
 
 

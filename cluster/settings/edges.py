@@ -18,9 +18,10 @@ class ApiSettings(Group):
 
     model_config = env_prefix("HERALD_")
 
-    api_keys: dict[str, list[Literal["ingest", "admin"]]] = Field(
+    api_keys: dict[str, list[Literal["ingest", "read", "campaigns", "admin"]]] = Field(
         default_factory=lambda: {"dev-admin-key": ["ingest", "admin"]},
-        description='API keys and their scopes, as JSON: {"key": ["ingest", "admin"]}.',
+        description='Service API keys and their scopes, as JSON: {"key": ["ingest", "read"]}. '
+        "Scopes: ingest, read, campaigns, admin (admin grants all).",
     )
     http_host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds.")
     http_port: int = Field(8000, description="Port of the Serve HTTP proxy.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ops.cli import data, dead_letters, model, stack
+from ops.cli import data, dead_letters, model, stack, token
 
 app = typer.Typer(help="Herald: personalized notification fan-out on Ray.", no_args_is_help=True)
 
@@ -19,5 +19,6 @@ app.command("import")(data.import_)
 app.command()(stack.status)
 app.add_typer(dead_letters.app, name="dlq")
 app.add_typer(model.app, name="model")
+app.add_typer(token.app, name="token")
 
 __all__ = ["app"]

@@ -15,6 +15,7 @@ import httpx
 import typer
 
 from ops.cli.common import DEFAULT_DATA_DIR, DataDir
+from ops.cli.token import stack_token_settings
 from ops.demo import StackInfo, run_scenario, seed
 
 
@@ -23,7 +24,13 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
     `herald demo`, `status`, `dlq` and `import` calls find it without options."""
     from ops.local import LocalStack  # lazy: keeps `herald --help` fast
 
-    stack = LocalStack(data_dir=data_dir, http_port=port, shards=shards, dashboard=dashboard)
+    stack = LocalStack(
+        data_dir=data_dir,
+        http_port=port,
+        shards=shards,
+        dashboard=dashboard,
+        **stack_token_settings(data_dir),
+    )
     try:
         stack.start()
     except BaseException:
@@ -82,6 +89,9 @@ def _print_banner(info: StackInfo) -> None:
         """"order_id":"A1","status":"shipped"}]}'"""
     )
     typer.echo(f"curl -s {auth} {info.api_url}/v1/notifications/e1")
+    typer.echo(
+        f"Inbox demo: {info.api_url}/demo/inbox   (a user token: herald token mint u1)", err=True
+    )
     typer.echo(f"OpenAPI docs: {info.api_url}/docs   (Ctrl-C stops everything)", err=True)
 
 

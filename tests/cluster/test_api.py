@@ -134,7 +134,8 @@ def test_openapi_documents_the_contract(stack):
         spec["paths"]
     )
     assert spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
-    assert spec["paths"]["/v1/events"]["post"]["security"] == [{"ApiKey": []}]
+    assert spec["paths"]["/v1/events"]["post"]["security"] == [{"ApiKey": ["ingest"]}]
+    assert spec["paths"]["/v1/me/inbox"]["get"]["security"] == [{"UserToken": []}]
 
 
 def test_each_replica_checks_keys_before_the_body(stack):
@@ -147,25 +148,37 @@ def test_each_replica_checks_keys_before_the_body(stack):
             if "security" not in operation:
                 continue
             url = stack.api_url + re.sub(r"\{[^}]+\}", "x1", path)
-            admin = path.startswith(("/v1/admin", "/v1/models", "/v1/templates"))
+            ((scheme, scopes),) = operation["security"][0].items()
             # The ingest key on an ingest route with a body reaches validation: 422.
-            with_ingest = 403 if admin else 422 if "requestBody" in operation else None
+            if scheme == "UserToken":
+                with_ingest = 401  # a service key is no user token
+            elif scopes != ["ingest"]:
+                with_ingest = 403
+            else:
+                with_ingest = 422 if "requestBody" in operation else None
             for key, status in [(None, 401), ("nope", 401), ("test-ingest", with_ingest)]:
                 if status is None:
                     continue
                 headers = {"Authorization": f"Bearer {key}"} if key else {}
                 answer = httpx.request(method, url, json={"not": "the contract"}, headers=headers)
                 answers.append((method, path, key, answer.status_code, status))
-    assert len({(m, p) for m, p, *_ in answers}) >= 18
+    assert len({(m, p) for m, p, *_ in answers}) >= 30
     assert [a for a in answers if a[3] != a[4]] == []
 
 
-def test_stream_takes_the_key_as_a_query_parameter(stack):
-    """Browsers cannot set headers on a WebSocket: `?api_key=` stands in for the header."""
+def test_service_stream_takes_the_key_in_the_header_only(stack):
+    """The URL is logged by proxies: a key in `?api_key=` is not looked at (and a key lacking
+    the read scope is refused), only the header is."""
     url = stack.api_url.replace("http", "ws") + "/v1/users/u-ws/stream"
-    with connect(f"{url}?api_key=test-ingest") as ws:
+    with connect(url, additional_headers={"Authorization": "Bearer test-admin"}) as ws:
         assert json.loads(ws.recv(timeout=10)) == {"type": "subscribed", "user_id": "u-ws"}
-    for query in ("", "?api_key=nope"):
-        with pytest.raises(InvalidStatus) as refused, connect(url + query):
+    for query, headers in (
+        ("?api_key=test-admin", {}),
+        ("", {"Authorization": "Bearer test-ingest"}),
+    ):
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            connect(url + query, additional_headers=headers),
+        ):
             pass
         assert refused.value.response.status_code == 403  # closed before the handshake ends

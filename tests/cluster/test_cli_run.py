@@ -225,6 +225,18 @@ def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path
                 "delivered"
             )
 
+        # The local stack verifies user tokens out of the box: `herald run` kept a secret in
+        # the data dir (0600) and `herald token mint` signs with it.
+        secret_file = data_dir / "user-token-secret"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        mint_env = {k: v for k, v in env.items() if not k.startswith("HERALD_USER_TOKEN")}
+        minted = subprocess.run(
+            [*_herald(), "token", "mint", "u1", "--data-dir", str(data_dir)],
+            capture_output=True, text=True, env=mint_env, timeout=60, check=True,
+        )  # fmt: skip
+        user = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+        assert httpx.get(f"{api_url}/v1/me/inbox", headers=user).json()["unread"] >= 1
+
         with httpx.Client(base_url=apns_url, verify=str(ca_file), http2=True, timeout=30) as apns:
             answer = apns.get("/_emulator/received")
             assert answer.status_code == 200 and answer.http_version == "HTTP/2"

@@ -1,0 +1,51 @@
+"""`/demo/inbox`: a shop-style inbox bell as one static page and one script, no build step —
+what a shop's web page does with a user token: the unread count, the list, live arrival over
+`WS /v1/me/stream`, mark-as-read (and the other open tabs following).
+
+The page holds no secret and mints nothing: the visitor pastes a user token (on the local
+stack, `herald token mint <user>`), which stays in the tab's `sessionStorage`. So these
+routes are public and safe anywhere. They are kept out of the OpenAPI document (they are a
+demo, not the API) and sent with a Content-Security-Policy allowing only Herald's own
+script and connections back to Herald.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+STATIC = Path(__file__).with_name("static")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; "
+    "img-src 'self' https: data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+FILES = {
+    "/demo/inbox": ("inbox.html", "text/html; charset=utf-8"),
+    "/demo/inbox.js": ("inbox.js", "text/javascript; charset=utf-8"),
+    "/demo/inbox.css": ("inbox.css", "text/css; charset=utf-8"),
+}
+
+
+def demo_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    for path, (name, media_type) in FILES.items():
+        router.add_api_route(path, _bound(name, media_type), methods=["GET"])
+    return router
+
+
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def _bound(name: str, media_type: str):
+    """A parameterless endpoint answering one static file."""
+
+    async def endpoint() -> Response:
+        return Response((STATIC / name).read_bytes(), media_type=media_type, headers=HEADERS)
+
+    return endpoint
