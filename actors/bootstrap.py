@@ -23,6 +23,8 @@ from actors.user_shard import UserShard
 from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
 from cluster.placement import actor_options
 from cluster.settings import HeraldSettings
+from cluster.state import layout
+from cluster.state.clients import sync_client
 
 
 def shard_handle(settings: HeraldSettings, index: int) -> ray.actor.ActorHandle:
@@ -38,7 +40,14 @@ def start_fanout_workers(settings: HeraldSettings) -> list[ray.actor.ActorHandle
 
 
 def ensure_actors(settings: HeraldSettings, timeout_s: float = 120.0) -> None:
-    """Start every actor Herald needs and wait until each answers."""
+    """Start every actor Herald needs and wait until each answers — after moving an older
+    deployment's keys to today's layout (once; `cluster.state.layout`), so no actor starts
+    on a Redis whose data it cannot see."""
+    client = sync_client(settings)
+    try:
+        layout.migrate(client, settings)
+    finally:
+        client.close()
     shards = [
         ray.remote(UserShard)
         .options(**actor_options(settings, shard_name(i), max_task_retries=3))

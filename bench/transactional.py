@@ -11,13 +11,16 @@ bench/results/transactional.json and are printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,8 +34,10 @@ from cluster.settings import HeraldSettings  # noqa: E402
 from cluster.state import keys  # noqa: E402
 from cluster.state.clients import sync_client  # noqa: E402
 from ops.demo import apns_token, fcm_token  # noqa: E402
+from ops.embedded_redis import EmbeddedRedis  # noqa: E402
 from ops.importer import import_devices  # noqa: E402
 from ops.local import LocalStack  # noqa: E402
+from ops.redis_cluster import LocalRedisCluster  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "transactional.json"
 
@@ -136,6 +141,25 @@ def collect(settings: HeraldSettings, ids: list[str], timeout_s: float) -> list[
         time.sleep(1)
 
 
+@contextlib.contextmanager
+def _redis(tmp: Path, cluster: bool, system: bool) -> Iterator[dict]:
+    """LocalStack's Redis arguments: none (its embedded Redis), or a 3-master cluster's
+    URL, the cluster running (AOF, fsync always, as the embedded one) until the run ends;
+    or one system redis-server, to tell the cluster's cost from its binary's."""
+    if cluster:
+        with LocalRedisCluster(tmp / "redis-cluster") as running:
+            yield {"redis_url": running.url, "redis_cluster": True}
+    elif system:
+        server = EmbeddedRedis(tmp / "redis-system", appendfsync="always",
+                               executable=shutil.which("redis-server"))  # fmt: skip
+        try:
+            yield {"redis_url": server.start().url}
+        finally:
+            server.stop()
+    else:
+        yield {}
+
+
 def main(
     rate: float = typer.Option(1700, help="Pushes per second to post."),
     seconds: float = typer.Option(60, help="How long to post."),
@@ -144,12 +168,19 @@ def main(
     shards: int = typer.Option(2),
     routers: int = typer.Option(2),
     output: Path = typer.Option(RESULTS),
+    redis_cluster: bool = typer.Option(
+        False, help="Run on a local 3-master Redis Cluster instead of one embedded Redis."
+    ),
+    system_redis: bool = typer.Option(
+        False, help="One Redis, but the system's redis-server (the cluster's binary)."
+    ),
 ) -> None:
     command = "python bench/transactional.py " + shlex.join(sys.argv[1:])
     with (
         tempfile.TemporaryDirectory() as tmp,
+        _redis(Path(tmp), redis_cluster, system_redis) as on_redis,
         LocalStack(
-            data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers
+            data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers, **on_redis
         ) as stack,
     ):
         ids = [f"bu{i}" for i in range(users)]
@@ -179,6 +210,9 @@ def main(
         "delivered": len(delivered),
         "lost": len(accepted) - len(delivered),
         "http_errors": errors,
+        "redis": "3-master Redis Cluster"
+        if redis_cluster
+        else "one Redis" + (" (system redis-server)" if system_redis else ""),
         "machine": machine(),
         "command": command,
     }

@@ -44,6 +44,16 @@ def notifications() -> Counter:
 
 
 @cache
+def suppressed() -> Counter:
+    return Counter(
+        "herald_notifications_suppressed_total",
+        description="Notifications or pushes not sent, by lane and reason (superseded, "
+        "expired, rate_limited, category_opt_out, channel_opt_out, no_active_device, ...).",
+        tag_keys=("lane", "reason"),
+    )
+
+
+@cache
 def latency() -> Histogram:
     return Histogram(
         "herald_delivery_latency_seconds",
@@ -116,6 +126,24 @@ def record_answers(answered: pl.DataFrame) -> None:
 def count_dead_letters(kind: str, n: int) -> None:
     if n:
         dead_letters().inc(n, tags={"kind": kind})
+
+
+@_never_raises
+def count_suppressed(lane: str, reason: str, n: int) -> None:
+    if n:
+        suppressed().inc(n, tags={"lane": lane, "reason": reason})
+
+
+@_never_raises
+def record_suppressed(rows: pl.DataFrame, lane: str) -> None:
+    """One batch's suppressed notifications (a `reason` column), counted by reason and by
+    their `lane` column where they have one, else as `lane`."""
+    if rows.height == 0 or "reason" not in rows.columns:
+        return
+    lanes = pl.col("lane") if "lane" in rows.columns else pl.lit(lane)
+    counted = rows.group_by(lanes.alias("lane"), "reason").len()
+    for row_lane, reason, n in counted.iter_rows():
+        suppressed().inc(n, tags={"lane": row_lane or lane, "reason": reason or "unknown"})
 
 
 @_never_raises

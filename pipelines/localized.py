@@ -58,10 +58,41 @@ def localized(
         how="horizontal",
     )
     ok = pl.col("title").is_not_null() & pl.col("body").is_not_null()
+    done = with_template_options(done, templates)
     done = done.with_columns(
         rich=rich_json([*RICH_CONTENT, *(o for o in OPTIONS if o in done.columns)])
     )
     return done.filter(ok), done.filter(~ok)
+
+
+# Delivery options a template may default (the event's own value wins).
+TEMPLATE_OPTIONS = {"ttl_s": pl.Int64, "priority": pl.String}
+
+
+def with_template_options(rows: pl.DataFrame, templates: Mapping[str, Template]) -> pl.DataFrame:
+    """`rows` whose `ttl_s` / `priority` left unset by the event take their template's (a
+    join over the batch's templates, not a lookup per row)."""
+    given = {
+        (t.template_id, t.ttl_s, t.priority)
+        for t in templates.values()
+        if t.ttl_s is not None or t.priority is not None
+    }
+    if not given or "template_id" not in rows.columns:
+        return rows
+    defaults = pl.DataFrame(
+        sorted(given, key=lambda g: g[0]),
+        schema={"template_id": pl.String, **{f"_t_{k}": v for k, v in TEMPLATE_OPTIONS.items()}},
+        orient="row",
+    )
+    rows = rows.join(defaults, on="template_id", how="left", maintain_order="left")
+    return rows.with_columns(
+        (
+            pl.coalesce(pl.col(name).cast(dtype), f"_t_{name}")
+            if name in rows.columns
+            else pl.col(f"_t_{name}")
+        ).alias(name)
+        for name, dtype in TEMPLATE_OPTIONS.items()
+    ).drop(f"_t_{name}" for name in TEMPLATE_OPTIONS)
 
 
 def rich_json(names: list[str]) -> pl.Expr:

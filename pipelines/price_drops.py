@@ -270,6 +270,7 @@ def sends(chosen: pl.DataFrame, *, model_version: str, now: float) -> pl.DataFra
         campaign_id=pl.col("event_id"),
         variant_id=pl.lit("price_drop"),
         style=pl.lit(STYLE),
+        **feedback_log.deterministic(),  # one variant, a ranked audience: propensity 1.0
         model_version=pl.lit(model_version),
         sent_at=pl.lit(now, dtype=pl.Float64),
     )

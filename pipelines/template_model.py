@@ -167,6 +167,16 @@ class Template(BaseModel):
     variables: dict[str, Variable] = Field(default_factory=dict, max_length=32)
     locales: dict[str, Content] = Field(min_length=1, max_length=200)
     version: int = Field(0, ge=0, description="Set by the store on every put")
+    ttl_s: int | None = Field(
+        None,
+        ge=0,
+        le=28 * 24 * 3600,
+        description="Default time to live of its pushes (apns-expiration, android.ttl), 0 to "
+        "28 days: an event's own ttl_s wins; unset, the kind's default (HERALD_*_TTL_S)",
+    )
+    priority: Literal["high", "normal"] | None = Field(
+        None, description="Default priority of its pushes; an event's own priority wins"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Template:

@@ -1,9 +1,13 @@
 """Session fixtures: the real stack — Redis, the provider emulators, Ray and Serve — started
-once. Tests isolate themselves with fresh ids (uuid), never by restarting the world."""
+once. Tests isolate themselves with fresh ids (uuid), never by restarting the world.
+
+`HERALD_TEST_REDIS=cluster` runs the stack on a real 3-master Redis Cluster (`make test`'s
+third pass, over the `eventlog` tests) instead of the embedded single Redis."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +16,8 @@ import httpx
 import pytest
 
 from ops.local import LocalStack
+from ops.redis_cluster import LocalRedisCluster
+from tests.cluster.user_tokens import TEST_SECRET
 from tests.netfaults import TansuBroker, WebhookSink
 
 
@@ -29,17 +35,41 @@ def webhook() -> Iterator[WebhookSink]:
     sink.stop()
 
 
+ON_CLUSTER = os.environ.get("HERALD_TEST_REDIS", "single") == "cluster"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """Three masters from the system's redis-server, AOF with fsync always (as the single
+    Redis of the local stack), created with `redis-cli --cluster create`. Outside the
+    cluster pass a machine without them skips the tests that want one."""
+    if not ON_CLUSTER and not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip("redis-server and redis-cli are not installed (apt-get install redis-server)")
+    with LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, kafka: TansuBroker, webhook: WebhookSink
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kafka: TansuBroker,
+    webhook: WebhookSink,
 ) -> Iterator[LocalStack]:
+    on_cluster = {}
+    if ON_CLUSTER:
+        cluster = request.getfixturevalue("redis_cluster")
+        on_cluster = {"redis_url": cluster.url, "redis_cluster": True}
     with LocalStack(
+        **on_cluster,
         data_dir=tmp_path_factory.mktemp("herald"),
         http_port=None,
         num_cpus=2,
         shards=2,
         routers=1,
         api_keys={"test-admin": ["ingest", "admin"], "test-ingest": ["ingest"]},
+        # /v1/me is open from the start (tests/cluster/user_tokens.py mints with it).
+        user_token_secret=TEST_SECRET,
         kafka_bootstrap=kafka.bootstrap,
         # `make test` runs the log-sensitive tests a second time on the Kafka event log.
         event_log=os.environ.get("HERALD_TEST_EVENT_LOG", "redis"),

@@ -211,10 +211,13 @@ class CampaignRunner(Flow):
         ).remote(spec, snapshot, chosen.to_arrow(), accepted_at, version)
         meta = functools.partial(campaigns.meta, campaign_id=campaign_id)
         reached = functools.partial(self.store.record_reached, campaign_id)
+        ttl_s = campaigns.ttl_until_end(spec.get("ends_at"))
         async for ref in stream:
             if await self.store.state(campaign_id) == "cancelled":
                 return False
             # every batch is checked against the delivery state: a resumed campaign may
             # stream deliveries its previous run already recorded
-            await self.delivery.deliver_marketing(pl.from_arrow(await ref), meta, reached)
+            await self.delivery.deliver_marketing(
+                pl.from_arrow(await ref), meta, reached, ttl_s=ttl_s
+            )
         return True

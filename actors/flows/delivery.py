@@ -28,18 +28,21 @@ import polars as pl
 import redis.asyncio as aioredis
 
 from actors.flows.base import Flow
+from actors.flows.limits import Limits
 from actors.flows.outcomes import Outcomes
 from actors.flows.shards import Shards
 from actors.sender_pool import SenderPool
+from cluster import metrics
 from cluster.names import sender_name
 from cluster.state.campaigns import CAMPAIGN_ID, CampaignStore
+from cluster.state.clients import atomic_pipeline
 from cluster.state.deliveries import DeliveryState
 from cluster.state.frequency import FrequencyCounters
 from cluster.state.retries import RetrySchedule
 from cluster.state.templates import TemplateCache
 from cluster.tables.deliveries import DELIVERIES, conform
 from cluster.vocabulary import PUSH_CHANNELS
-from pipelines import order_updates
+from pipelines import deadlines, order_updates
 from pipelines.templates import Template
 
 log = logging.getLogger("herald.router")
@@ -50,6 +53,8 @@ DELIVERY_COLUMNS = DELIVERIES.names
 Part = tuple[tuple[str, str, int], pl.DataFrame, int]
 # What a flow adds, in the batch's own pipeline, for the users a batch reached.
 Reached = Callable[[pl.DataFrame, aioredis.client.Pipeline], None]
+# A push's default time to live: seconds, or an Int64 expression per row (`pipelines.deadlines`).
+Ttl = pl.Expr | int | None
 
 
 @dataclass(eq=False)
@@ -66,6 +71,7 @@ class DeliveryStep(Flow):
         self.outcomes = Outcomes(
             self.settings, self.counts, self.state, self.retries, self.campaigns
         )
+        self.limits = Limits(self.settings, self.counts, redis=self.redis, state=self.state)
 
     async def deliver_transactional(
         self,
@@ -73,14 +79,29 @@ class DeliveryStep(Flow):
         suppressed: pl.DataFrame,
         meta: pl.DataFrame,
         redelivered: bool,
+        ttl_s: Ttl = None,
     ) -> None:
-        """A transactional batch (order updates, requested notifications): on a
-        redelivery, deliveries already final (or owned by the retry schedule) are left
-        out → record the notifications' `meta`, the suppressed with their reason and the
-        deliveries as queued → send."""
+        """A transactional batch (order updates, requested notifications): pushes get
+        their kind's default `ttl_s` unless the event gave one; on a redelivery,
+        deliveries already final (or owned by the retry schedule) are left out → record
+        the notifications' `meta`, the suppressed with their reason and the deliveries as
+        queued, pushes over the user's limit a minute as `rate_limited` → send."""
+        deliveries = deadlines.with_default_ttl(deliveries, ttl_s)
         if redelivered and deliveries.height:
             deliveries = deliveries.filter(~(await self.state.finished(deliveries)))
+        deliveries, limited = await self.limits.over_limit(deliveries)
         await self.state.record_routed(deliveries, suppressed, meta)
+        metrics.record_suppressed(suppressed, "transactional")
+        if limited.height:
+            pipe = self.redis.pipeline(transaction=False)
+            limit = self.settings.delivery.user_push_limit_per_min
+            self.limits.drop(
+                limited.with_columns(attempt=pl.lit(0)),
+                "rate_limited",
+                pipe,
+                f"over {limit} pushes a minute for this user",
+            )
+            await pipe.execute()
         await self.send(deliveries.with_columns(attempt=pl.lit(0)))
 
     async def deliver_marketing(
@@ -89,6 +110,7 @@ class DeliveryStep(Flow):
         meta: Callable[[pl.DataFrame], pl.DataFrame],
         reached: Reached,
         skip_finished: bool = True,
+        ttl_s: Ttl = None,
     ) -> None:
         """One marketing batch (a price drop's, a campaign's; a user's rows never split
         across two): record as queued, deferred ones too, with the notifications' `meta`
@@ -96,7 +118,9 @@ class DeliveryStep(Flow):
         of their local day (the frequency cap campaigns and price drops share) and the
         flow's own record of whom it `reached`, in one transaction. With
         `skip_finished`, deliveries already final (or owned by the retry schedule) are
-        left out first — a redelivered event or a resumed campaign."""
+        left out first — a redelivered event or a resumed campaign. Pushes get the flow's
+        default `ttl_s` (a price drop's hours, a campaign's `ends_at`) unless they say."""
+        batch = deadlines.with_default_ttl(batch, ttl_s)
         if skip_finished:
             batch = batch.filter(~(await self.state.finished(batch)))
         if batch.height == 0:
@@ -104,7 +128,7 @@ class DeliveryStep(Flow):
         await self.state.record_routed(batch.select(DELIVERY_COLUMNS), pl.DataFrame(), meta(batch))
         await self._hold_or_send(batch)
         users = batch.unique("notification_id", keep="first", maintain_order=True)
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = atomic_pipeline(self.redis)
         await self.frequency.count(users, pipe)
         reached(users, pipe)
         await pipe.execute()
@@ -113,9 +137,12 @@ class DeliveryStep(Flow):
         """Marketing deliveries still in their user's quiet hours (`send_after` ahead) go
         into the marketing retry set, due when the window ends; the rest to the senders."""
         held = (pl.col("send_after") > time.time()).fill_null(False)
-        later, now = batch.filter(held), batch.filter(~held)
-        if later.height:
+        too_late = deadlines.held_past_deadline(pl.col("send_after"))
+        later, now = batch.filter(held & ~too_late), batch.filter(~held)
+        expired = batch.filter(held & too_late).with_columns(attempt=pl.lit(0))
+        if later.height or expired.height:
             pipe = self.redis.pipeline(transaction=False)
+            self.limits.drop(expired, "expired", pipe, "quiet hours end after its ttl_s")
             self.retries.defer(
                 later.select(*DELIVERY_COLUMNS, "send_after").with_columns(attempt=pl.lit(0)),
                 pipe,
@@ -145,10 +172,11 @@ class DeliveryStep(Flow):
         )
         if deliveries.height and (deliveries["lane"] == "marketing").any():
             deliveries = await self._drop_cancelled(deliveries, retry_members, retry_lane)
+        deliveries = await self._drop_unsendable(deliveries, retry_members, retry_lane)
         if deliveries.height == 0:
             return
         answered = await self._call(self._split(deliveries, await self.senders.sizes()))
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = atomic_pipeline(self.redis)
         self.outcomes.record(answered, pipe)
         if retry_members:
             self.retries.done(retry_members, pipe, retry_lane)
@@ -157,6 +185,28 @@ class DeliveryStep(Flow):
         if self.settings.fallback.webhook_url:
             # The webhook fallback is for order updates, never for marketing.
             await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
+
+    async def _drop_unsendable(
+        self, deliveries: pl.DataFrame, retry_members: list | None, retry_lane: str
+    ) -> pl.DataFrame:
+        """Leave out pushes past their deadline, and retried order updates a newer update
+        has overtaken (`actors.flows.limits`); recorded with their reason. When nothing is
+        left, the retry members leave the set here (no outcome will be recorded)."""
+        if deliveries.height == 0:
+            return deliveries
+        kept, dropped = await self.limits.unsendable(deliveries, retry_members is not None)
+        if all(rows.height == 0 for rows in dropped.values()):
+            return kept
+        pipe = atomic_pipeline(self.redis)
+        self.limits.drop(dropped["expired"], "expired", pipe, "past its ttl_s")
+        if "superseded" in dropped:
+            self.limits.drop(
+                dropped["superseded"], "superseded", pipe, "a newer update of the order was sent"
+            )
+        if retry_members and kept.height == 0:
+            self.retries.done(retry_members, pipe, retry_lane)
+        await pipe.execute()
+        return kept
 
     @staticmethod
     def _split(deliveries: pl.DataFrame, sizes: dict[str, int]) -> list[Part]:
@@ -226,7 +276,7 @@ class DeliveryStep(Flow):
             return deliveries
         tagged = deliveries.with_columns(CAMPAIGN_ID)
         dropped = tagged.filter(pl.col("campaign_id").is_in(list(cancelled)))
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = atomic_pipeline(self.redis)
         self.state.record_results(
             dropped.with_columns(
                 outcome=pl.lit("failed"),

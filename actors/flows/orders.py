@@ -31,6 +31,15 @@ class OrderFlow(TransactionalFlow):
     def __post_init__(self) -> None:
         self.latest = OrderLatest(self.settings, self.delivery.redis)
 
+    async def settle(self, orders: pl.DataFrame) -> None:
+        """Before a batch is routed in waves (a user's n-th event after its (n-1)-th): the
+        newest update of each order in the whole batch is stored as its latest, so that —
+        as in a batch routed at once — an update an in-batch newer one replaces is
+        `superseded` in its own wave. An update without `sequence`/`occurred_at` is never
+        stale, so in-order statuses without them are all sent, one wave after another."""
+        if orders.height > 1:
+            await self.latest.stale(order_updates.ordering(orders))
+
     async def route(self, orders: pl.DataFrame, redelivered: bool) -> None:
         """Leave out the superseded updates, plan the others' deliveries, record them all
         (suppressed ones with their reason), send. On a redelivery, deliveries already
@@ -41,7 +50,13 @@ class OrderFlow(TransactionalFlow):
         self.counts["superseded"] += superseded.height
         suppressed = pl.concat([suppressed, superseded], how="vertical_relaxed")
         meta = orders.select("notification_id", "type", "user_id", "accepted_at")
-        await self.delivery.deliver_transactional(deliveries, suppressed, meta, redelivered)
+        await self.delivery.deliver_transactional(
+            deliveries,
+            suppressed,
+            meta,
+            redelivered,
+            ttl_s=self.settings.delivery.order_update_ttl_s,
+        )
 
     async def _plan(self, fresh: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """`order_updates.plan` for the updates still to send; a batch whose every update

@@ -101,6 +101,7 @@ class PriceDropFlow(Flow):
                 meta,
                 self.reach.record,
                 skip_finished=redelivered,
+                ttl_s=self.settings.price_drops.ttl_s,
             )
         for stage, n in planned.counts.items():
             self.counts[f"price_drop_{stage}"] += n

@@ -47,6 +47,12 @@ class RequestedFlow(TransactionalFlow):
             default_locale=self.settings.content.default_locale,
         )
         meta = requested.meta(requested.notifications(events))
-        await self.delivery.deliver_transactional(deliveries, suppressed, meta, redelivered)
+        await self.delivery.deliver_transactional(
+            deliveries,
+            suppressed,
+            meta,
+            redelivered,
+            ttl_s=self.settings.delivery.requested_ttl_s,
+        )
         self.counts["requested_notifications"] += meta.height
         self.counts["requested_suppressed"] += suppressed.height

@@ -8,6 +8,13 @@ verifying SSL context here) and google-auth's `requests` session that fetches OA
 tokens (through `REQUESTS_CA_BUNDLE`, set for this sender process to certifi's bundle
 plus the extra CA).
 
+The client ignores proxy variables (`trust_env=False`): with `NO_PROXY` naming the FCM host,
+httpx would route that host through a transport of its own, without the extra CA, and
+every send would fail verification. A certificate that does not verify is not retried: it
+is a configuration error, answered `failed` at once (and logged as an error) instead of
+ten retries ending in the dead-letter stream. The CA bundle written for the extra CA is
+the sender's own temporary file, removed when the sender closes.
+
 firebase-admin's own retry transport is switched off (`max_retries=0`): it never closes the
 503/429 responses it retries, so each leaks an HTTP/2 stream until the connection stalls
 (firebase-admin 7.x), and Herald's retry schedule — persistent, honouring Retry-After — is
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import ssl
 import tempfile
@@ -49,6 +57,8 @@ from firebase_admin.messaging import (
 from actors.senders.base import Answer, RateLimitedClient, answer_table
 from cluster.tables.deliveries import Rich, conform, parse_rich
 
+log = logging.getLogger("herald.sender")
+
 BATCH = 500  # send_each_async refuses more
 # What a message is built from, per delivery row.
 _COLUMNS = ("notification_id", "token", "title", "body", "data", "lane", "accepted_at")
@@ -69,9 +79,25 @@ OUTCOME_OF_ERROR: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+def tls_refused(error: BaseException | None) -> bool:
+    """Whether the error is (or was caused by) a certificate that did not verify: the
+    sender's trust configuration, not the provider's state — retrying cannot help."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            error
+        ):
+            return True
+        error = error.__cause__ or error.__context__ or getattr(error, "cause", None)
+        seen += 1
+    return False
+
+
 def outcome_of(error: Exception | None) -> str:
     if error is None:
         return "delivered"
+    if tls_refused(error):
+        return "failed"
     if isinstance(error, exceptions.InvalidArgumentError) and "registration token" in str(error):
         return "dead_token"
     for kind, outcome in OUTCOME_OF_ERROR:
@@ -137,6 +163,7 @@ class FcmClient(RateLimitedClient):
 
     channel = "fcm"
     app: firebase_admin.App | None = None
+    ca_bundle: Path | None = None
 
     async def start(self) -> None:
         """Its own firebase app (a unique name per client), pointed at the configured
@@ -161,19 +188,22 @@ class FcmClient(RateLimitedClient):
         when one is configured."""
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
-            bundle = Path(tempfile.gettempdir()) / f"herald-fcm-ca-{os.getpid()}.pem"
-            bundle.write_text(Path(certifi.where()).read_text() + "\n" + ca_file.read_text())
-            os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
-            verify = ssl.create_default_context(cafile=str(bundle))
+            # google-auth's `requests` session (OAuth tokens) reads a bundle file, so both
+            # clients trust certifi's roots plus the extra CA; the file is removed at close.
+            fd, name = tempfile.mkstemp(prefix="herald-fcm-ca-", suffix=".pem")
+            with os.fdopen(fd, "w") as bundle:
+                bundle.write(Path(certifi.where()).read_text() + "\n" + ca_file.read_text())
+            self.ca_bundle = Path(name)
+            os.environ["REQUESTS_CA_BUNDLE"] = name
+            verify = ssl.create_default_context(cafile=name)
         wrapper = service._async_client
         wrapper._async_client = httpx.AsyncClient(
             http2=True,
             timeout=wrapper._timeout,
             headers=wrapper._headers,
             auth=GoogleAuthCredentialFlow(service._credential),
-            mounts={
-                "https://": HttpxRetryTransport(retry=HttpxRetry(max_retries=0), verify=verify)
-            },
+            transport=HttpxRetryTransport(retry=HttpxRetry(max_retries=0), verify=verify),
+            trust_env=False,
         )
 
     async def send(self, batch: pa.Table) -> pa.Table:
@@ -204,11 +234,16 @@ class FcmClient(RateLimitedClient):
                 response = await messaging.send_each_async(chunk, app=self.app)
             except (exceptions.FirebaseError, httpx.HTTPError, OSError) as exc:
                 now = time.time()
+                if tls_refused(exc):
+                    log.error("fcm: the endpoint's certificate does not verify: %s", exc)
+                    return [("failed", "TLS certificate not trusted", None, now)] * len(chunk)
                 return [("retry", type(exc).__name__, None, now)] * len(chunk)
         now = time.time()
         out = []
         for r in response.responses:
             outcome = outcome_of(r.exception)
+            if outcome == "failed" and tls_refused(r.exception):
+                log.error("fcm: the endpoint's certificate does not verify: %s", r.exception)
             error = None if r.exception is None else _reason(r.exception)
             out.append((outcome, error, retry_after(r.exception), now))
         return out
@@ -221,6 +256,9 @@ class FcmClient(RateLimitedClient):
             await service._async_client.aclose()
             await asyncio.to_thread(firebase_admin.delete_app, self.app)
             self.app = None
+        if self.ca_bundle is not None:
+            self.ca_bundle.unlink(missing_ok=True)
+            self.ca_bundle = None
 
 
 def _reason(error: Exception) -> str:

@@ -5,15 +5,24 @@ Idempotency stays in Redis: `append` claims each event_id with SET NX, produces 
 events with `acks=all`, and releases the claims if the broker does not take them, so a 202
 still means "durably logged" and a retry after a 503 is not mistaken for a duplicate.
 
+Records are keyed by the event's partition key (`cluster.eventlog.base.partition_key`:
+user, product), so Kafka's partitioner keeps one user's events in one partition, in order.
+
 Reading maps Kafka's offsets onto the log contract. Each router read loop owns one
-consumer; entries are `<lane>/<partition>/<offset>`. `ack` commits, per partition, up to the
+consumer and handles its batches one after another, so each partition has one sequential
+reader: the group's assignment is the lease. When a rebalance takes partitions away, the
+revocation waits for the batch in hand to be finished (and committed) before the group
+moves on, and forgets the revoked partitions' unacked entries: their new owner re-reads
+them. Entries are `<lane>/<partition>/<offset>`. `ack` commits, per partition, up to the
 oldest entry that is still not acked (never auto-commit), so a router that dies leaves its
 unfinished entries uncommitted and the group hands them to another member after the
 rebalance: Kafka's own form of XAUTOCLAIM. Because those re-reads come unannounced, the
 router treats every Kafka batch as possibly redelivered (`redelivers_unannounced`) and
 skips deliveries the delivery state already holds as final. An entry that failed and stayed
 unacked in a live consumer is handed out again by `claim_stale` after `claim_idle_ms`, so
-poison events reach the dead-letter stream exactly as they do on Redis.
+poison events reach the dead-letter stream exactly as they do on Redis; so does a read of
+the loop's pending entries (what it read and has not acked), which the router asks for
+before anything new after an entry failed.
 """
 
 from __future__ import annotations
@@ -23,18 +32,23 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import polars as pl
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
-from cluster.eventlog.base import ENTRY_SCHEMA, claim_event_ids
+from cluster.eventlog.base import (
+    ENTRY_SCHEMA,
+    claim_event_ids,
+    partition_key,
+    read_accepted_at,
+    release_event_ids,
+)
+from cluster.eventlog.kafka_readers import LogAssignments, Reader
 from cluster.settings import HeraldSettings
-from cluster.state import keys
 from cluster.state.clients import async_client
 from cluster.vocabulary import LANES
 
@@ -63,41 +77,9 @@ async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer, timeout_s: f
         pass
 
 
-@dataclass
-class _Reader:
-    """One read loop's consumer and what it read but has not acked yet."""
-
-    consumer: AIOKafkaConsumer
-    # entry id -> (partition, offset, body, accepted_at, read at monotonic)
-    unacked: dict[str, tuple[int, int, str, float, float]] = field(default_factory=dict)
-    # highest offset read per partition
-    read_up_to: dict[int, int] = field(default_factory=dict)
-
-
-class _LogAssignments(ConsumerRebalanceListener):
-    """Logs every partition assignment a read loop's consumer gets or loses: after a broker
-    drop the group rejoins, and which loop owns which partitions is what a post-mortem of
-    a lane that stopped moving needs first."""
-
-    def __init__(self, consumer: str) -> None:
-        self.consumer = consumer
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        self._log("revoked", revoked)
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        self._log("assigned", assigned)
-
-    def _log(self, what: str, parts) -> None:
-        log.info(
-            "kafka log: partitions %s",
-            what,
-            extra={"consumer": self.consumer, "partitions": sorted(p.partition for p in parts)},
-        )
-
-
 class KafkaEventLog:
     redelivers_unannounced = True
+    leases_partitions = False
 
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis | None = None) -> None:
         if not settings.kafka.bootstrap:
@@ -106,7 +88,7 @@ class KafkaEventLog:
         self.redis = client or async_client(settings)
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
-        self._readers: dict[str, _Reader] = {}
+        self._readers: dict[str, Reader] = {}
         self._owner: dict[str, str] = {}  # entry id -> consumer name
         self._probes: dict[str, AIOKafkaConsumer] = {}  # lane -> lag probe
         self._probe_lock = asyncio.Lock()
@@ -153,13 +135,13 @@ class KafkaEventLog:
         if not events:
             return []
         now = time.time()
-        fresh = await claim_event_ids(self.redis, self.settings, [e[0] for e in events], now)
+        fresh = await claim_event_ids(self.redis, self.settings, events, now)
         new = [e for e, is_new in zip(events, fresh, strict=True) if is_new]
         try:
             await self._produce(new, now)
         except BaseException:
             # Not logged, so not accepted: forget the ids so the producer's retry is new.
-            await self.redis.delete(*[keys.event(self.settings, e[0]) for e in new])
+            await release_event_ids(self.redis, self.settings, new)
             raise
         return fresh
 
@@ -179,11 +161,12 @@ class KafkaEventLog:
                 await producer.send(
                     self.topic(lane),
                     json.dumps(event, separators=(",", ":")).encode(),
-                    # Keyed by event id: a replay lands in the same partition as the original.
-                    key=event_id.encode(),
+                    # By partition key: a user's events share a partition (and keep their
+                    # order); a replay lands in the same partition as the original.
+                    key=partition_key(event).encode(),
                     headers=[("at", at)],
                 )
-                for event_id, lane, event in events
+                for _, lane, event in events
             ]
             await asyncio.wait_for(
                 asyncio.gather(*sends), timeout=self.settings.kafka.log_produce_timeout_s
@@ -203,11 +186,10 @@ class KafkaEventLog:
         await stop_quietly(producer, timeout_s=5)
 
     async def accepted_at(self, event_id: str) -> float | None:
-        value = await self.redis.get(keys.event(self.settings, event_id))
-        return float(value) if value is not None else None
+        return await read_accepted_at(self.redis, self.settings, event_id)
 
     # --- reading -------------------------------------------------------------------------
-    async def _reader(self, lane: str, consumer: str) -> _Reader:
+    async def _reader(self, lane: str, consumer: str) -> Reader:
         reader = self._readers.get(consumer)
         if reader is None:
             kafka = AIOKafkaConsumer(
@@ -218,17 +200,29 @@ class KafkaEventLog:
                 auto_offset_reset="earliest",
             )
             await kafka.start()
-            kafka.subscribe([self.topic(lane)], listener=_LogAssignments(consumer))
-            reader = self._readers[consumer] = _Reader(kafka)
+            listener = LogAssignments(consumer, self.settings.eventlog.claim_idle_ms / 1000)
+            kafka.subscribe([self.topic(lane)], listener=listener)
+            reader = self._readers[consumer] = listener.reader = Reader(kafka)
+            reader.idle.set()
         return reader
 
     async def read(
-        self, lane: str, consumer: str, count: int, block_ms: int, pending: bool = False
+        self,
+        lane: str,
+        consumer: str,
+        count: int,
+        block_ms: int,
+        pending: bool = False,
+        partition: int | None = None,
     ) -> pl.DataFrame:
-        """New records for this read loop. Uncommitted records come back by themselves after a
-        restart or rebalance, so there is no separate pending list to read (pending=True)."""
+        """New records for this read loop, or (pending=True) the ones it read and has not
+        acked, oldest first per partition. Uncommitted records of a dead process come back
+        by themselves after the rebalance, to whoever gets their partition."""
+        reader = self._readers.get(consumer)
+        if reader is not None:
+            reader.idle.set()  # a loop reads only once its batch in hand is done
         if pending:
-            return pl.DataFrame(schema=ENTRY_SCHEMA)
+            return self._pending(reader, count)
         reader = await self._reader(lane, consumer)
         try:
             batches = await reader.consumer.getmany(timeout_ms=block_ms, max_records=count)
@@ -247,10 +241,20 @@ class KafkaEventLog:
                 self._owner[entry_id] = consumer
                 rows.append((entry_id, body, accepted_at))
             reader.read_up_to[tp.partition] = records[-1].offset
+        if rows:
+            reader.idle.clear()
+        return pl.DataFrame(rows, schema=ENTRY_SCHEMA, orient="row")
+
+    @staticmethod
+    def _pending(reader: Reader | None, count: int) -> pl.DataFrame:
+        unacked = sorted((reader.unacked if reader else {}).items(), key=lambda e: e[1][:2])
+        rows = [(entry_id, body, at) for entry_id, (_, _, body, at, _) in unacked[:count]]
+        if rows:
+            reader.idle.clear()
         return pl.DataFrame(rows, schema=ENTRY_SCHEMA, orient="row")
 
     async def claim_stale(
-        self, lane: str, consumer: str, min_idle_ms: int, count: int
+        self, lane: str, consumer: str, min_idle_ms: int, count: int, partition: int | None = None
     ) -> pl.DataFrame:
         """This loop's own entries that failed and were left unacked for min_idle_ms (entries
         of a dead consumer come back through the group rebalance instead)."""
@@ -268,7 +272,9 @@ class KafkaEventLog:
             reader.unacked[entry_id] = (p, o, body, at, time.monotonic())
         return pl.DataFrame(stale, schema=ENTRY_SCHEMA, orient="row")
 
-    async def renew(self, lane: str, consumer: str, entry_ids: Sequence[str]) -> None:
+    async def renew(
+        self, lane: str, consumer: str, entry_ids: Sequence[str], partition: int | None = None
+    ) -> None:
         """Still in work: restart the entries' claim_idle clock (a dead process's entries
         need no lease here; the group's session timeout hands them on)."""
         reader = self._readers.get(consumer)
@@ -280,21 +286,21 @@ class KafkaEventLog:
                 p, o, body, at, _ = reader.unacked[entry_id]
                 reader.unacked[entry_id] = (p, o, body, at, now)
 
-    async def ack(self, lane: str, entry_ids: Sequence[str]) -> None:
+    async def ack(self, lane: str, entry_ids: Sequence[str], partition: int | None = None) -> None:
         """Forget the entries and commit every partition they touched up to its oldest
         entry still in work."""
         touched: dict[str, set[int]] = {}
         for entry_id in entry_ids:
             consumer = self._owner.pop(entry_id, None)
             reader = self._readers.get(consumer) if consumer else None
-            if reader is None:
+            row = reader.unacked.pop(entry_id, None) if reader is not None else None
+            if row is None:  # its partition was revoked meanwhile: the new owner re-reads it
                 continue
-            partition = reader.unacked.pop(entry_id)[0]
-            touched.setdefault(consumer, set()).add(partition)
+            touched.setdefault(consumer, set()).add(row[0])
         for consumer, partitions in touched.items():
             await self._commit(lane, self._readers[consumer], partitions)
 
-    async def _commit(self, lane: str, reader: _Reader, partitions: set[int]) -> None:
+    async def _commit(self, lane: str, reader: Reader, partitions: set[int]) -> None:
         oldest: dict[int, int] = {}
         for partition, offset, *_ in reader.unacked.values():
             oldest[partition] = min(offset, oldest.get(partition, offset))

@@ -70,7 +70,11 @@ class TopologySettings(Group):
     shards: int = Field(4, ge=1, le=4096, description="Number of UserShard actors.")
     routers: int = Field(2, ge=1, le=256, description="Number of event-router actors.")
     router_loops: int = Field(
-        4, ge=1, le=64, description="Concurrent read loops per router (batches in flight)."
+        4,
+        ge=1,
+        le=64,
+        description="Most batches per lane a router processes at once (Redis: over the "
+        "partitions it holds; Kafka: consumers per lane).",
     )
     batch_max_rows: int = Field(
         500, ge=1, le=10_000, description="Most stream entries a router reads in one batch."

@@ -1,16 +1,18 @@
 """Campaigns in Redis: the spec, the state, the progress counters, the schedule.
 
-`{prefix}campaign:{id}` is one hash: `spec` (the accepted JSON), `state`
+`<prefix>{campaigns}:campaign:<id>` is one hash: `spec` (the accepted JSON), `state`
 (scheduled → running → done, or cancelled), timestamps, `model_version`, and one integer
 field per counter (`targeted`, `eligible`, `selected`, `deferred`, `sent`, `delivered`,
 `failed`, `cancelled`, `suppressed:<reason>`, `variant:<id>:<sent|opened|clicked|dismissed>`).
-`{prefix}campaigns:due` is a sorted set of campaign ids by when they should start; routers
+`<prefix>{campaigns}:due` is a sorted set of campaign ids by when they should start; routers
 take due ones with a lease (as they take retries), so a router that dies mid fan-out only
 delays the campaign: another one resumes it after the lease, skipping the shards recorded
-in `{prefix}campaign:{id}:shards_done` and every delivery already recorded.
-`{prefix}campaign:{id}:users` is the set of users a campaign already reached (sent or held
+in `<prefix>{c:<id>}:shards_done` and every delivery already recorded.
+`<prefix>{c:<id>}:users` is the set of users a campaign already reached (sent or held
 for quiet hours): a resumed campaign's plan leaves them out, and the sender pool reads its
-size against `selected` as the campaign's backlog.
+size against `selected` as the campaign's backlog. The hashes, the schedule and the
+cancelled set share the `{campaigns}` hash tag, so the create and cancel scripts and the
+finish transactions touch one Redis Cluster slot.
 """
 
 from __future__ import annotations

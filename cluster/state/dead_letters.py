@@ -14,7 +14,7 @@ import redis
 from cluster.eventlog import open_event_log
 from cluster.settings import HeraldSettings
 from cluster.state import keys
-from cluster.state.clients import sync_client
+from cluster.state.clients import atomic_pipeline, sync_client
 
 KINDS = ("delivery", "event", "kafka")  # kafka: a record no contract could parse
 
@@ -62,7 +62,10 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
         if ids
         else client.xrange(key)
     )
-    pipe = client.pipeline(transaction=True)
+    # Retry set, statuses and the stream are different slots on a Redis Cluster: there the
+    # batch is not one transaction. Each replayed row is the same retry member however
+    # often it is added, so a crash before the XDEL only replays an entry again.
+    pipe = atomic_pipeline(client)
     replayed = 0
     events: list[tuple[str, dict, float]] = []
     for entry_id, fields in entries:

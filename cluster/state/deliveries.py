@@ -1,6 +1,6 @@
 """Delivery state in Redis: one hash per notification, one field per device/channel.
 
-`{prefix}ntf:{notification_id}` holds `meta` (who, what, when accepted) and, per delivery,
+`<prefix>{ntf:<notification_id>}` holds `meta` (who, what, when accepted) and, per delivery,
 `d:{device_id}` → JSON {channel, status, attempts, last_error, updated_at, acked_at, and
 — when the delivery says what its content was rendered with — locale, template_version}. A
 field already `delivered` or `dead` is never sent again, which is what keeps a redelivered
@@ -21,7 +21,10 @@ from cluster.state import keys
 from cluster.state.clients import async_client
 from cluster.tables.deliveries import with_present
 
-FINAL = ("delivered", "dead", "failed", "dead_lettered", "cancelled")
+FINAL = (
+    "delivered", "dead", "failed", "dead_lettered", "cancelled", "expired", "superseded",
+    "rate_limited",
+)  # fmt: skip
 STATUS_OF_OUTCOME = {
     "delivered": "delivered",
     "retry": "retrying",

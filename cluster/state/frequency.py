@@ -1,6 +1,6 @@
 """Frequency counters: how much marketing each user got on their own local day.
 
-`{prefix}freq:<YYYY-MM-DD>` is one hash per day, user id → marketing notifications sent (or
+`<prefix>{freq:<YYYY-MM-DD>}` is one hash per day, user id → marketing notifications sent (or
 held for quiet hours) that day. Campaigns and price drops share it, so the frequency cap
 (`max_marketing_per_day`) counts both. Fan-out workers and the price-drop flow read it
 before eligibility; the delivery step adds one per user after each batch is recorded. A

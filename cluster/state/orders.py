@@ -17,8 +17,10 @@ order's newest is stale, so `shipped, out_for_delivery, delivered` in one read s
 
 The whole batch is one Lua script call, not one round trip per event, and atomic, so two
 routers racing on the same order agree on which update won. Each order's key carries the
-`{o:<order_id>}` hash tag, so its slot is the order's; on Redis Cluster a batch would be
-split by slot before the call (today's deployments run one Redis). Keys live as long as
+`{o:<order_id>}` hash tag, so its slot is the order's; on a Redis Cluster the batch is
+split by slot (`cluster.state.slots`) and the script called once per slot, all calls in one
+pipeline — an order's updates all fall in one call, in batch order, so the answer is the
+same as one call's. Keys live as long as
 the notifications they guard (`notification_ttl_s`).
 """
 
@@ -29,6 +31,7 @@ import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
 from cluster.state import keys
+from cluster.state.slots import slot_groups
 
 # The columns `stale` reads, in the order the script takes them per event (after its key).
 FIELDS = ("event_id", "sequence", "occurred_at", "accepted_at")
@@ -94,18 +97,32 @@ class OrderLatest:
     async def stale(self, updates: pl.DataFrame) -> pl.Series:
         """Per row of `updates` (order_id and FIELDS, in the batch's order), whether a newer
         update of its order was routed before or is in this batch (module doc). Records
-        each order's newest as it goes: one script call for the whole batch."""
+        each order's newest as it goes: one script call for the whole batch (per slot on
+        a Redis Cluster)."""
         updates = updates.with_row_index("_row")
         ordered = updates.filter(
             pl.col("sequence").is_not_null() | pl.col("occurred_at").is_not_null()
         )
         if ordered.height == 0:
             return pl.Series("stale", [False] * updates.height, dtype=pl.Boolean)
-        found = await self._latest(
-            keys=[self.key(order_id) for order_id in ordered["order_id"]],
-            args=[self.settings.state.notification_ttl_s, *script_args(ordered)],
+        order_keys = pl.Series("key", [self.key(order_id) for order_id in ordered["order_id"]])
+        groups = ordered.with_columns(order_keys, slot_groups(self.redis, order_keys)).partition_by(
+            "slot", maintain_order=True
         )
-        rows = ordered["_row"].gather([int(i) - 1 for i in found])
+        calls = [
+            (group["key"].to_list(), [self.settings.state.notification_ttl_s, *script_args(group)])
+            for group in groups
+        ]
+        if len(calls) == 1:
+            found = [await self._latest(keys=calls[0][0], args=calls[0][1])]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for call_keys, args in calls:
+                await self._latest(keys=call_keys, args=args, client=pipe)
+            found = await pipe.execute()
+        rows = pl.concat(
+            [g["_row"].gather([int(i) - 1 for i in f]) for g, f in zip(groups, found, strict=True)]
+        )
         return updates["_row"].is_in(rows.implode()).alias("stale")
 
 
@@ -121,3 +138,36 @@ def script_args(ordered: pl.DataFrame) -> list[str]:
             "" if accepted_at is None else repr(float(accepted_at)),
         ]
     return args
+
+
+async def overtaken(store: OrderLatest, rows: pl.DataFrame) -> pl.Series:
+    """Per row (`notification_id` = its event id, `order_id`, `accepted_at`): whether an
+    update of its order accepted after it has been routed since — a retry of `shipped`
+    that `delivered` overtook must not reach the phone after it. One pipelined HMGET per
+    order key (each key its own slot, so this works on Redis Cluster too)."""
+    if rows.height == 0:
+        return pl.Series("overtaken", [], dtype=pl.Boolean)
+    pipe = store.redis.pipeline(transaction=False)
+    for order_id in rows["order_id"]:
+        pipe.hmget(store.key(order_id), "event_id", "accepted_at")
+    newest = await pipe.execute()
+    stored = pl.DataFrame(
+        {
+            "event_id": [e for e, _ in newest],
+            "at": [a for _, a in newest],
+        },
+        schema={"event_id": pl.Binary, "at": pl.Binary},
+    ).select(
+        pl.col("event_id").cast(pl.String),
+        pl.col("at").cast(pl.String).cast(pl.Float64, strict=False),
+    )
+    both = pl.concat([rows.select("notification_id", "accepted_at"), stored], how="horizontal")
+    return both.select(
+        (
+            pl.col("event_id").is_not_null()
+            & (pl.col("event_id") != pl.col("notification_id"))
+            & (pl.col("at") > pl.col("accepted_at"))
+        )
+        .fill_null(False)
+        .alias("overtaken")
+    ).to_series()

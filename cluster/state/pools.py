@@ -1,9 +1,9 @@
 """What the fan-out and sender pools keep in Redis, so a restarted router 0 carries on
 sizing them where its previous life stopped, and every router sees the same sizes.
 
-- `{prefix}fanout:used_at` (string, epoch s): when a router last used the fan-out pool.
+- `<prefix>{pools}:fanout:used_at` (string, epoch s): when a router last used the fan-out pool.
   Router 0 removes the grown workers once it is older than `fanout_idle_s`.
-- `{prefix}senders` (hash), per lane: `<lane>:size` (push replicas the routers split a
+- `<prefix>{pools}:senders` (hash), per lane: `<lane>:size` (push replicas the routers split a
   batch over), `<lane>:busy_at` (when the backlog last wanted that many),
   `<lane>:lowered_at` (when the size was last lowered) and `<lane>:retired` (bumped per
   removed replica: routers then drop their cached handles of that lane).

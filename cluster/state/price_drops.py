@@ -1,6 +1,6 @@
 """The users each price drop already reached, so a redelivered event reaches nobody twice.
 
-`{prefix}price_drop:<event_id>:users` is a set of user ids: a wisher joins it once their
+`<prefix>{pd:<event_id>}:users` is a set of user ids: a wisher joins it once their
 notification is recorded and sent (or held for quiet hours), in the same pipeline as their
 frequency count. A redelivered event (a crash before its log ack) asks this set first and
 suppresses those wishers as `already_sent`, neither notifying nor counting them again. The

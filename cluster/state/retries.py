@@ -6,10 +6,11 @@ when the lease runs out. They leave the set only when their next outcome is reco
 Delays grow exponentially with full jitter (AWS's "Exponential Backoff and Jitter") and
 never undercut a provider's Retry-After.
 
-Each lane has its own set (transactional keeps the original `retry` key, which dead-letter
-replays also feed), and routers take due retries per lane, so a backlog of marketing
-retries never holds up an order update's retry. Every row carries its lane, and is re-sent
-through that lane's senders whichever set it came from.
+Each lane has its own set, `<prefix>{retry:<lane>}` (its own Redis Cluster slot; the
+transactional one is what dead-letter replays feed, and an older deployment's bare `retry`
+key is moved to it at bootstrap, `cluster.state.layout`), and routers take due retries per
+lane, so a backlog of marketing retries never holds up an order update's retry. Every row
+carries its lane, and is re-sent through that lane's senders whichever set it came from.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import redis
 
 from cluster.names import shard_name
 from cluster.state import keys
+from cluster.state.clients import sync_client
 from models.ranker import load_ranker
 from pipelines import feedback_log
 from tests.cluster.test_api import fields_of
@@ -142,4 +143,4 @@ def assert_feedback_logged(
 
 
 def stack_redis(stack) -> redis.Redis:
-    return redis.Redis.from_url(stack.settings.state.redis_url)
+    return sync_client(stack.settings)

@@ -290,7 +290,7 @@ def test_autoscaler_adds_a_worker_for_senders_and_removes_it_when_idle(request, 
                     await log.ensure_groups()
                     await log.append(events)  # 500 entries, no router: wants 5 → 2 replicas
                 else:
-                    await log.redis.delete(log.stream(lane))
+                    await log.redis.delete(*log.streams(lane))  # every partition's
                 started = time.monotonic()
                 return await pool.scale(), time.monotonic() - started
 

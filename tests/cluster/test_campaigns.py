@@ -161,6 +161,7 @@ def test_campaign_is_validated_at_the_door(api):
     assert api.delete("/v1/campaigns/nope").status_code == 404
 
 
+@pytest.mark.eventlog  # also on the Redis Cluster pass: campaign keys over three masters
 def test_campaign_reaches_exactly_the_expected_users(stack, api, emulators, population, uid):
     expected = expected_outcome(population)
     cid = f"flash-{uid}"

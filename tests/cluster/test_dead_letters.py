@@ -9,10 +9,10 @@ import json
 import time
 
 import pytest
-import redis
 from typer.testing import CliRunner
 
 from cluster.state import keys
+from cluster.state.clients import sync_client
 from cluster.state.dead_letters import list_dead_letters
 from ops.cli import app
 from ops.demo import apns_token, wait_final
@@ -24,6 +24,7 @@ def cli(stack, *args: str) -> str:
     env = {
         "HERALD_REDIS_URL": stack.settings.state.redis_url,
         "HERALD_KEY_PREFIX": stack.settings.state.key_prefix,
+        "HERALD_REDIS_CLUSTER": str(stack.settings.state.redis_cluster).lower(),
     }
     result = CliRunner().invoke(app, ["dlq", *args], env=env)
     assert result.exit_code == 0, result.output
@@ -51,7 +52,7 @@ def test_poison_event_is_dead_lettered_and_does_not_block(stack, api, uid):
         topic = stack.settings.kafka.log_topic_prefix + "transactional"
         asyncio.run(produce(stack.settings.kafka.bootstrap, topic, [poison.encode()]))
     else:
-        client = redis.Redis.from_url(stack.settings.state.redis_url)
+        client = sync_client(stack.settings)
         client.xadd(
             keys.stream(stack.settings, "transactional"), {"e": poison, "at": repr(time.time())}
         )

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from cluster.eventlog.base import partition_for
 from cluster.eventlog.kafka import KafkaEventLog
 from cluster.settings import HeraldSettings
 
@@ -152,13 +153,15 @@ def test_redis_log_lease_renewal_keeps_peers_off(stack, uid):
         log = RedisEventLog(stack.settings.with_overrides(key_prefix=f"rl-{uid}:"))
         await log.ensure_groups()
         await log.append([order("r1"), order("r2")])
-        rows = await log.read("transactional", "c1", 10, 100)
-        assert rows.height == 2
+        # Both are user u1's: one partition, in order.
+        lane, p = "transactional", partition_for(log.settings, order("r1")[2])
+        rows = await log.read(lane, "c1", 10, 100, partition=p)
+        assert [b.split('"event_id":"')[1][:2] for b in rows["body"]] == ["r1", "r2"]
         await asyncio.sleep(0.3)
-        await log.renew("transactional", "c1", [rows["entry_id"][0]])
-        stolen = await log.claim_stale("transactional", "c2", 250, 10)
+        await log.renew(lane, "c1", [rows["entry_id"][0]], partition=p)
+        stolen = await log.claim_stale(lane, "c2", 250, 10, partition=p)
         assert stolen["entry_id"].to_list() == [rows["entry_id"][1]]
-        await log.ack("transactional", rows["entry_id"].to_list())
+        await log.ack(lane, rows["entry_id"].to_list(), partition=p)
         await log.redis.aclose()
 
     asyncio.run(scenario())

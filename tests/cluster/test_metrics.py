@@ -23,7 +23,19 @@ def scrape(url: str) -> dict[str, float]:
         mine = sorted(
             f"{k}={v}"
             for k, v in re.findall(r'(\w+)="([^"]*)"', labels)
-            if k in ("type", "lane", "result", "channel", "outcome", "kind", "le", "shard", "table")
+            if k
+            in (
+                "type",
+                "lane",
+                "result",
+                "channel",
+                "outcome",
+                "kind",
+                "le",
+                "shard",
+                "table",
+                "reason",
+            )  # fmt: skip
         )
         key = f"{name}{{{','.join(mine)}}}"
         out[key] = out.get(key, 0.0) + float(value)
@@ -87,3 +99,32 @@ def test_shard_sizes_are_gauges(stack, api, uid):
             break
         assert time.monotonic() < deadline, (shown, after["shards"])
         time.sleep(2)
+
+
+def test_suppressed_notifications_are_counted_by_reason(stack, api, uid):
+    """An order update for a user with no device (and no inbox), and one whose pushes and
+    inbox are off: each is suppressed, and the operator sees why."""
+    lonely, quiet = f"nodev-{uid}", f"off-{uid}"
+    register(api, quiet, "ios", apns_token())
+    prefs = {"channels": {"push": False, "inbox": False, "email": False}}
+    assert api.put(f"/v1/users/{quiet}/preferences", json=prefs).status_code == 200
+    prefs = {"channels": {"push": True, "inbox": False, "email": False}}
+    assert api.put(f"/v1/users/{lonely}/preferences", json=prefs).status_code == 200
+    key = "ray_herald_notifications_suppressed_total{{lane=transactional,reason={}}}"
+    before = scrape(stack.metrics_url)
+    events = [{"event_id": f"sup-{uid}-{u}", "type": "order.updated", "user_id": u,
+               "order_id": "o1", "status": "shipped"} for u in (lonely, quiet)]  # fmt: skip
+    assert api.post("/v1/events", json={"events": events}).status_code == 202
+    statuses = wait_final(api, [e["event_id"] for e in events], timeout_s=60)
+    reasons = {s["suppressed_reason"] for s in statuses.values()}
+    assert reasons == {"no_active_device", "channel_opt_out"}
+    deadline = time.monotonic() + 60
+    while True:
+        seen = scrape(stack.metrics_url)
+        grown = {
+            reason: seen.get(key.format(reason), 0) - before.get(key.format(reason), 0)
+            for reason in reasons
+        }
+        if all(n >= 1 for n in grown.values()):
+            break
+        assert time.monotonic() < deadline, grown

@@ -84,7 +84,8 @@ DROPS = pl.DataFrame(
         "title": ["Mug"],
         "category": ["home"],
         "lane": ["marketing"],
-        "accepted_at": [1.0],
+        # accepted just now: a price drop's pushes expire HERALD_PRICE_DROP_TTL_S after it
+        "accepted_at": [time.time()],
     }
 )
 

@@ -12,11 +12,11 @@ import httpx
 import polars as pl
 import pytest
 import ray
-import redis
 
 from cluster.names import shard_name
 from cluster.sharding import shard_of
 from cluster.state import keys
+from cluster.state.clients import sync_client
 from cluster.state.dead_letters import list_dead_letters
 from ops.demo import apns_token, fcm_token, wait_final
 from pipelines import feedback_log
@@ -226,7 +226,7 @@ def test_price_drop_goes_through_campaign_eligibility(stack, api, emulators, uid
     campaigns count in (suppressed, by reason), one who opted out of price alerts, and one
     whose drop then counts towards the shared cap so that a second drop the same day is
     suppressed for him."""
-    client = redis.Redis.from_url(stack.settings.state.redis_url)
+    client = sync_client(stack.settings)
     product, second = f"Q-{uid}", f"Q2-{uid}"
     u = {name: f"{name}-{uid}" for name in ("quiet", "capped", "optout", "fresh")}
     tokens = {name: apns_token() for name in u}
