@@ -121,12 +121,16 @@ class DeliveryStep(Flow):
         left out first — a redelivered event or a resumed campaign. Pushes get the flow's
         default `ttl_s` (a price drop's hours, a campaign's `ends_at`) unless they say."""
         batch = deadlines.with_default_ttl(batch, ttl_s)
-        if skip_finished:
-            batch = batch.filter(~(await self.state.finished(batch)))
         if batch.height == 0:
             return
-        await self.state.record_routed(batch.select(DELIVERY_COLUMNS), pl.DataFrame(), meta(batch))
-        await self._hold_or_send(batch)
+        fresh = batch.filter(~(await self.state.finished(batch))) if skip_finished else batch
+        if fresh.height:
+            rows = fresh.select(DELIVERY_COLUMNS)
+            await self.state.record_routed(rows, pl.DataFrame(), meta(fresh))
+            await self._hold_or_send(fresh)
+        # Every user of the batch counts as reached, those whose deliveries were already
+        # final too: a resumed run only meets users the first run never recorded, so a
+        # crash between their sends and this record must not leave them unreached for good.
         users = batch.unique("notification_id", keep="first", maintain_order=True)
         pipe = atomic_pipeline(self.redis)
         await self.frequency.count(users, pipe)

@@ -69,6 +69,10 @@ class OrderFlow(TransactionalFlow):
             fresh,
             audience,
             fallback=self.settings.fallback.webhook_url is not None,
-            templates=await self.templates.templates(),
+            templates=await self.templates.templates_for(
+                fresh["template_id"].drop_nulls().unique().to_list()
+                if "template_id" in fresh.columns
+                else []
+            ),
             default_locale=self.settings.content.default_locale,
         )

@@ -27,7 +27,8 @@ class RequestedFlow(TransactionalFlow):
     async def route(self, events: pl.DataFrame, redelivered: bool) -> None:
         """Plan, record and send the events' notifications, chunk by chunk, all from one
         snapshot of the templates (an event's users never see two versions)."""
-        templates = await self.templates.templates()
+        named = events["template_id"].drop_nulls().unique().to_list()
+        templates = await self.templates.templates_for(named)
         limit = max(self.settings.topology.batch_max_rows, requested.USERS_MAX)
         chunk = (pl.col("user_ids").list.len().cum_sum() - 1) // limit
         for part in events.with_columns(_chunk=chunk).partition_by("_chunk", include_key=False):

@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -153,6 +153,20 @@ class TemplateCache(Generic[T]):
                 if await self.store.generation() != self.generation:
                     await self.refresh()
                 self._checked_at = self.clock()
+        return self._templates
+
+    async def templates_for(self, template_ids: Iterable[str]) -> Mapping[str, T]:
+        """`templates()`, except that an id the held snapshot lacks forces the generation
+        check now: an event may name a template put a moment ago (the door checked it in
+        the store), and rendering from a snapshot up to `max_age_s` old would suppress it
+        as `template_unavailable`."""
+        held = await self.templates()
+        if all(t in held for t in template_ids):
+            return held
+        async with self._lock:
+            if await self.store.generation() != self.generation:
+                await self.refresh()
+            self._checked_at = self.clock()
         return self._templates
 
     async def get(self, template_id: str) -> T | None:

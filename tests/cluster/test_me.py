@@ -14,6 +14,7 @@ import pytest
 import websockets
 from websockets.sync.client import connect
 
+from ops.demo import apns_token
 from tests.cluster.user_tokens import user_token
 
 
@@ -137,7 +138,8 @@ def test_preferences_and_own_devices(stack, uid):
         assert mine.get("/preferences").json() == wanted
         assert theirs.get("/preferences").json() == defaults
 
-        device = {"platform": "ios", "token": "ab" * 32}
+        # a fresh token: one another test registered would be moved (200), not created
+        device = {"platform": "ios", "token": apns_token()}
         created = mine.post("/devices", json=device)
         assert created.status_code == 201, created.text
         device_id = created.json()["device_id"]
