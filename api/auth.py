@@ -32,6 +32,7 @@ front of every route) comes before the key.
 from __future__ import annotations
 
 import hmac
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Literal
 
@@ -109,11 +110,12 @@ def check_user_token(tokens: UserTokens, presented: str | None) -> str:
         ) from None
 
 
-class Guard:
+class Guard(ABC):
     """A credential check `check_keys_before_json` can run before FastAPI's own."""
 
+    @abstractmethod
     async def check(self, request: Request) -> object:
-        raise NotImplementedError
+        """The caller's identity (key or user id), or raise the 401/403."""
 
 
 class RequireScope(Guard):
