@@ -130,6 +130,8 @@ class LocalStack:
                 "fcm_endpoint": self.fcm.url,
                 "fcm_ca_file": pki.ca_file,
                 "fcm_credentials_file": pki.fcm_credentials_file,
+                # The local stack: the dev key and a generated data key are allowed here.
+                "dev_mode": True,
                 **self.overrides,
             }
         )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from cluster.settings._group import Group
 from cluster.settings.delivery import ContentSettings, DeliverySettings
 from cluster.settings.edges import ApiSettings, ApnsSettings, FcmSettings, LocalSettings
+from cluster.settings.protection import ProtectionSettings
 from cluster.settings.runtime import (
     CampaignSettings,
     EventLogSettings,
@@ -69,6 +70,7 @@ class HeraldSettings(BaseModel):
     apns: ApnsSettings = _group(ApnsSettings)
     fcm: FcmSettings = _group(FcmSettings)
     local: LocalSettings = _group(LocalSettings)
+    protection: ProtectionSettings = _group(ProtectionSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -158,6 +160,7 @@ GROUP_CLASSES: dict[str, type[Group]] = {
     "apns": ApnsSettings,
     "fcm": FcmSettings,
     "local": LocalSettings,
+    "protection": ProtectionSettings,
 }
 
 # flat name (the `HERALD_*` variable, lower-cased, without the prefix) → (group, field)

@@ -40,6 +40,16 @@ class StateSettings(Group):
         description="Talk to HERALD_REDIS_URL as a Redis Cluster (redis.asyncio.RedisCluster); "
         "every key carries a hash tag so each script touches one slot.",
     )
+    redis_username: str | None = Field(
+        None, description="Redis ACL user (with HERALD_REDIS_PASSWORD); unset: `default`."
+    )
+    redis_password: str | None = Field(
+        None,
+        description="Redis password (AUTH / ACL). The local stack generates one (0600 file).",
+    )
+    redis_ca_file: Path | None = Field(
+        None, description="CA bundle to verify a `rediss://` Redis's TLS certificate."
+    )
 
 
 class LogSettings(Group):
