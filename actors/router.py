@@ -13,8 +13,9 @@ then XACK here. A crash anywhere before the XACK leaves the entry pending; the p
 next holder (the restarted router, or the new owner once the lease ran out) reads its
 pending entries first, and deliveries already final in the delivery state are skipped.
 It is also what keeps a user's order: a partition has one reader, its loop finishes a
-batch before reading the next, and a batch is routed in waves (`pipelines.log_entries`) so
-a user's second event goes out only after the first one's deliveries are recorded. A batch
+batch before reading the next, and of a user's several events in one batch only the first
+goes now: the later ones stay pending and lead the next batch (`pipelines.log_entries`
+waves; a batch then costs one round, not one per wave). A batch
 that fails is split entry by entry so one poison event is dead-lettered instead of blocking
 those behind it; an entry that fails holds back the later entries of its user (they stay
 pending, and the loop reads its pending entries again before anything new).
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
@@ -45,14 +45,13 @@ from actors.flows.orders import OrderFlow
 from actors.flows.price_drops import PriceDropFlow
 from actors.flows.requested import RequestedFlow
 from actors.flows.shards import Shards
+from actors.flows.unroutable import Unroutable
 from actors.partitions import PartitionReaders
 from actors.sender_pool import SenderPool
-from cluster import metrics
 from cluster.eventlog import open_event_log
 from cluster.eventlog.kafka import cancelled_by_caller
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
-from cluster.state.dead_letters import queue_dead_letter
 from cluster.state.feedback import FeedbackStore
 from cluster.state.templates import TemplateStore
 from cluster.vocabulary import LANE_OF_TYPE, LANES
@@ -61,7 +60,6 @@ from pipelines import log_entries, templates
 log = logging.getLogger("herald.router")
 
 # Kept under their old names for callers that decode batches as the router does.
-_EVENT_DTYPE = log_entries.EVENT_DTYPE
 _DROPPED_BY_TYPE = log_entries.DROPPED_BY_TYPE
 
 
@@ -110,6 +108,7 @@ class EventRouter:
             pool=pool,
             senders=self.senders,
         )
+        self.unroutable = Unroutable(settings, self.counts, redis=self.redis, log=self.log)
         self._tasks: list[asyncio.Task] = []
         self._failures: Counter[str] = Counter()
         # `router_loops`: the most batches of one lane this router processes at once.
@@ -169,6 +168,7 @@ class EventRouter:
         entries other consumers left unacked for `claim_idle_ms` (the unpartitioned stream,
         Kafka: own entries that failed)."""
         pending = True
+        deferred: set[str] = set()  # entries of a user's later waves, left pending on purpose
         next_sweep = time.monotonic() + self.settings.eventlog.claim_idle_ms / 2000
         block_ms = block_ms or self.settings.topology.batch_max_wait_ms
         while keep():
@@ -178,20 +178,18 @@ class EventRouter:
                     pending = pending or partition is not None
                     if partition is None:
                         await self._claim_stale(lane, consumer)
-                entries = await self.log.read(
-                    lane,
-                    consumer,
-                    self.settings.topology.batch_max_rows,
-                    block_ms,
-                    pending=pending,
-                    partition=partition,
+                entries, redelivered = await self._next_batch(
+                    lane, consumer, partition, block_ms, pending, deferred
                 )
-                if pending and entries.height == 0:
+                if entries is None:  # no pending entries (left): new ones next
                     pending = False
                     continue
+                deferred = set()
                 if entries.height:
-                    redelivered = pending or self.log.redelivers_unannounced
-                    if not await self._handle(lane, consumer, entries, redelivered, partition):
+                    done, deferred = await self._handle(
+                        lane, consumer, entries, redelivered, partition
+                    )
+                    if not done:
                         pending = True  # the failed entries (and their users') go first
                         await asyncio.sleep(self._retry_pause_s())
             except asyncio.CancelledError:
@@ -205,6 +203,42 @@ class EventRouter:
                 log.exception("router %s: read failed; retrying", consumer)
                 pending = True
                 await asyncio.sleep(0.5)
+
+    async def _next_batch(
+        self,
+        lane: str,
+        consumer: str,
+        partition: int | None,
+        block_ms: int,
+        pending: bool,
+        deferred: set[str],
+    ) -> tuple[pl.DataFrame | None, bool]:
+        """(The next batch, whether it is redelivered): what the last batch deferred and
+        what is new; else the pending entries (None when there are none) or new ones."""
+        if deferred and not pending:
+            return await self._read_after_deferred(lane, consumer, partition, deferred)
+        count = self.settings.topology.batch_max_rows
+        entries = await self.log.read(
+            lane, consumer, count, block_ms, pending=pending, partition=partition
+        )
+        if pending and entries.height == 0:
+            return None, False
+        return entries, pending or self.log.redelivers_unannounced
+
+    async def _read_after_deferred(
+        self, lane: str, consumer: str, partition: int | None, deferred: set[str]
+    ) -> tuple[pl.DataFrame, bool]:
+        """What the last batch deferred (pending, oldest first) and the new entries there
+        now, as one batch. Redelivered only if more is pending than was deferred."""
+        count = self.settings.topology.batch_max_rows
+        old = await self.log.read(lane, consumer, count, 0, pending=True, partition=partition)
+        new = (
+            await self.log.read(lane, consumer, count - old.height, None, partition=partition)
+            if old.height < count
+            else old.clear()
+        )
+        redelivered = not set(old["entry_id"].to_list()) <= deferred
+        return pl.concat([old, new]), redelivered or self.log.redelivers_unannounced
 
     def _retry_pause_s(self) -> float:
         """Between two tries of a failed entry: `poison_attempts` of them span about one
@@ -221,7 +255,7 @@ class EventRouter:
         )
         if stale.height:
             self.counts["claimed"] += stale.height
-            await self._handle(lane, consumer, stale, True, None)
+            await self._handle(lane, consumer, stale, True, None)  # partition None: no deferral
 
     async def _handle(
         self,
@@ -230,9 +264,9 @@ class EventRouter:
         entries: pl.DataFrame,
         redelivered: bool,
         partition: int | None,
-    ) -> bool:
+    ) -> tuple[bool, set[str]]:
         """Process one batch within the lane's `router_loops` slots, its entries' lease kept
-        fresh; True when no entry is left pending."""
+        fresh: (True when no entry failed, the entries deferred to the next batch)."""
         async with self._busy[lane], self._leased(lane, consumer, entries, partition):
             return await self._process_safely(lane, entries, redelivered, partition)
 
@@ -259,25 +293,26 @@ class EventRouter:
 
     async def _process_safely(
         self, lane: str, entries: pl.DataFrame, redelivered: bool, partition: int | None
-    ) -> bool:
+    ) -> tuple[bool, set[str]]:
         """Process a batch; if it fails, process its entries one by one so a poison event
         is dead-lettered after `poison_attempts` instead of blocking the events behind it.
         An entry that fails stays pending and holds back the later entries of its
-        partition key in this batch (their user's order). True when none is left pending."""
+        partition key in this batch (their user's order). (True when none failed, the
+        entries `process` deferred.)"""
         try:
-            await self.process(lane, entries, redelivered, partition)
-            return True
+            return True, await self.process(lane, entries, redelivered, partition)
         except Exception:
             if entries.height == 1:
-                return await self._failed_entry(lane, entries, partition)
+                return await self._failed_entry(lane, entries, partition), set()
             log.warning("router: batch of %d failed; retrying entry by entry", entries.height)
         failed: set[str] = set()
         for i, key in enumerate(log_entries.entry_keys(entries)):
             if key in failed:
                 continue
-            if not await self._process_safely(lane, entries.slice(i, 1), True, partition):
+            done, _ = await self._process_safely(lane, entries.slice(i, 1), True, partition)
+            if not done:
                 failed.add(key)
-        return not failed
+        return not failed, set()
 
     async def _failed_entry(self, lane: str, entry: pl.DataFrame, partition: int | None) -> bool:
         """One entry failed: dead-lettered at its `poison_attempts`-th failure (True), else
@@ -290,7 +325,7 @@ class EventRouter:
         log.exception(
             "router: event %s is poison; dead-lettering it", entry_id, extra={"entry_id": entry_id}
         )
-        await self._dead_letter_entries(lane, entry, "routing failed repeatedly", partition)
+        await self.unroutable.put(lane, entry, "routing failed repeatedly", partition)
         del self._failures[entry_id]
         return True
 
@@ -300,24 +335,35 @@ class EventRouter:
         entries: pl.DataFrame,
         redelivered: bool = False,
         partition: int | None = None,
-    ) -> None:
-        """One batch of log entries: unknown ones dead-lettered; the rest wave by wave (a
-        user's n-th event of the batch after its (n-1)-th), order updates, price drops and
-        requested notifications each to their flow; then the whole batch acked."""
+    ) -> set[str]:
+        """One batch of log entries: unknown ones dead-lettered; order updates, price drops
+        and requested notifications each to their flow; acked. A user's n-th event of the
+        batch goes after its (n-1)-th (`pipelines.log_entries.waves`): on a partition of
+        the Redis log, whose loop is its only reader, only the first wave is routed and
+        the later ones are left pending for the next batch, which reads them first
+        (answered here, to go first); elsewhere (Kafka acks by offset) wave after wave."""
         events = log_entries.decode(entries, lane)
         known = events["type"].is_in(list(LANE_OF_TYPE)) & events["event_id"].is_not_null()
         if not known.all():
-            await self._dead_letter_entries(
+            await self.unroutable.put(
                 lane, entries.filter(~known), "unknown event type or missing event_id", partition
             )
             events = events.filter(known)
         waves = log_entries.waves(events)
         if len(waves) > 1:
             await self.orders.settle(events.filter(pl.col("type") == "order.updated"))
+        later: list[pl.DataFrame] = []
+        if partition is not None and self.log.leases_partitions:
+            waves, later = waves[:1], waves[1:]
+        routed: list[str] = []
         for wave in waves:
             await self._route(wave.drop("partition_key", "wave"), redelivered)
-        await self.log.ack(lane, events["entry_id"].to_list(), partition=partition)
-        self.counts["events"] += events.height
+            routed += wave["entry_id"].to_list()
+        await self.log.ack(lane, routed, partition=partition)
+        self.counts["events"] += len(routed)
+        deferred = {entry_id for wave in later for entry_id in wave["entry_id"].to_list()}
+        self.counts["deferred"] += len(deferred)
+        return deferred
 
     async def _route(self, events: pl.DataFrame, redelivered: bool) -> None:
         flows = {
@@ -329,30 +375,6 @@ class EventRouter:
             of_type = events.filter(pl.col("type") == type_).drop(_DROPPED_BY_TYPE[type_])
             if of_type.height:
                 await flow.route(of_type, redelivered)
-
-    async def _dead_letter_entries(
-        self, lane: str, entries: pl.DataFrame, reason: str, partition: int | None = None
-    ) -> None:
-        """Log entries no router can process go to the dead-letter stream as events (with
-        their lane and acceptance time, so a replay puts them back as they came), then are
-        acked: they must not block the entries behind them."""
-        pipe = self.redis.pipeline(transaction=False)
-        for body, accepted_at in entries.select("body", "accepted_at").iter_rows():
-            try:
-                event = json.loads(body)
-            except (TypeError, ValueError):
-                event = {"raw": body}
-            event = event if isinstance(event, dict) else {"raw": event}
-            body = {**event, "_lane": lane, "_accepted_at": accepted_at}
-            queue_dead_letter(self.settings, pipe, "event", body, reason)
-            log.warning(
-                "event dead-lettered",
-                extra={"event_id": event.get("event_id"), "lane": lane, "reason": reason},
-            )
-        await pipe.execute()
-        await self.log.ack(lane, entries["entry_id"].to_list(), partition=partition)
-        metrics.count_dead_letters("event", entries.height)
-        self.counts["dead_lettered_events"] += entries.height
 
     # --- retries -------------------------------------------------------------------------
     async def _run_retries(self, lane: str) -> None:

@@ -30,6 +30,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import cpu_groups  # noqa: E402
 from cluster.settings import HeraldSettings  # noqa: E402
 from cluster.state import keys  # noqa: E402
 from cluster.state.clients import sync_client  # noqa: E402
@@ -188,12 +189,14 @@ def main(
         while httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code != 200:
             time.sleep(0.5)
         typer.echo(f"{users} users imported; posting {rate}/s for {seconds}s", err=True)
+        cpu_before = cpu_groups.snapshot()
         t0 = time.time()
         accepted, errors = asyncio.run(
             post_steadily(stack.api_url, stack.api_key, ids, rate, seconds, batch_ms)
         )
         posted_s = time.time() - t0
         pushes = collect(stack.settings, accepted, 300)
+        cpu_spent = cpu_groups.per_group(cpu_before, cpu_groups.snapshot())
 
     delivered = [p for p in pushes if p["status"] == "delivered"]
     latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])
@@ -210,6 +213,9 @@ def main(
         "delivered": len(delivered),
         "lost": len(accepted) - len(delivered),
         "http_errors": errors,
+        # CPU per delivered push (µs) by process group, from posting's start to the last
+        # status read: the CPU budget's unit (each push also writes one inbox item).
+        "cpu_us_per_push": cpu_groups.per_notification_us(cpu_spent, len(delivered)),
         "redis": "3-master Redis Cluster"
         if redis_cluster
         else "one Redis" + (" (system redis-server)" if system_redis else ""),

@@ -127,11 +127,12 @@ class RedisEventLog:
         lane: str,
         consumer: str,
         count: int,
-        block_ms: int,
+        block_ms: int | None,
         pending: bool = False,
         partition: int | None = None,
     ) -> pl.DataFrame:
-        """New entries for this consumer, or (pending=True) the ones it read but never acked.
+        """New entries for this consumer (waiting up to `block_ms`; None: what is there now),
+        or (pending=True) the ones it read but never acked.
 
         Answered as columns (entry_id, body JSON, accepted_at) so the router decodes a whole
         batch of events at once."""

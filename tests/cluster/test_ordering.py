@@ -178,3 +178,40 @@ def test_entries_an_older_deployment_left_unpartitioned_are_delivered(stack, api
     assert status["state"] == "delivered", status
     got = [i["payload"]["notification_id"] for i in received_for(emulators["apns"], {token})]
     assert got == [f"legacy-{uid}"]
+
+
+def test_a_users_later_events_in_one_batch_lead_the_next_batch(stack, api, emulators, uid):
+    """Three statuses of each of 40 users in one request land in one batch: the first of
+    each user goes at once, the later ones stay pending and lead the next batches (the
+    routers count them as `deferred` on the Redis log); every phone still gets its three
+    statuses in accepted order, each once (a few may be read in another batch: the
+    request's entries are appended in one pipeline, not atomically)."""
+    settings = stack.settings
+    users = [f"dfr-{uid}-{i}" for i in range(40)]
+    tokens = {u: apns_token() for u in users}
+    import_devices(
+        settings,
+        pa.table({"user_id": users, "platform": ["ios"] * 40, "token": list(tokens.values())}),
+    )
+
+    def deferred() -> int:
+        return sum(r.get("deferred", 0) for r in api.get("/v1/admin/stats").json()["routers"])
+
+    before = deferred()
+    events = [
+        {"event_id": f"{u}-{k}", "type": "order.updated", "user_id": u,
+         "order_id": f"o-{u}", "status": STATUSES[k]}
+        for u in users
+        for k in range(3)
+    ]  # fmt: skip
+    accepted = post_until_logged(api, events)[0]
+    assert len(accepted) == 120
+    wait_for(lambda: settled(sync_client(settings), settings, accepted), 120, "pushes to settle")
+    arrivals: dict[str, list[str]] = defaultdict(list)
+    for item in received_for(emulators["apns"], set(tokens.values())):
+        arrivals[item["token"]].append(item["payload"]["notification_id"])
+    expected = {u: [f"{u}-{k}" for k in range(3)] for u in users}
+    wrong = {u: arrivals[tokens[u]] for u in users if arrivals[tokens[u]] != expected[u]}
+    assert not wrong, f"{len(wrong)} phones wrong: {list(wrong.items())[:3]}"
+    if settings.eventlog.event_log == "redis":
+        assert deferred() > before, "no user's later event was deferred"

@@ -218,11 +218,15 @@ class Scenario:
         pipe = self.redis.pipeline(transaction=False)
         for user in self.users:
             pipe.zrange(keys.inbox(self.stack.settings, user), 0, -1)
+        in_inbox: set[str] = set()
         for user, members in zip(self.users, pipe.execute(), strict=True):
             inbox_dups += len(members) - len(set(members))
-            inbox_missing += UPDATES_PER_USER - len(
-                {m for m in members if m.startswith(user.encode())}
-            )
+            mine = {m.decode() for m in members if m.startswith(user.encode())}
+            inbox_missing += UPDATES_PER_USER - len(mine)
+            in_inbox |= mine
+        if inbox_missing:  # what the delivery state says of each item the inbox lacks
+            absent = [n for n in ids if n not in in_inbox and self.owner[n] not in self.dead]
+            print("inbox items missing:", {n: records.get(n, {}).get("inbox") for n in absent})
         statuses = Counter(d["status"] for r in records.values() for d in r.values())
         attempts = Counter(d["attempts"] for r in records.values() for d in r.values())
         mine = [
