@@ -13,10 +13,9 @@ talk to Redis themselves.
 """
 
 import asyncio
-import json
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Path, Query, Response, WebSocket
+from fastapi import FastAPI, Query, Response, WebSocket
 from ray import serve
 from ray.serve import Application
 
@@ -24,25 +23,34 @@ from actors.bootstrap import ensure_actors
 from actors.fanout_pool import running_fanout_workers
 from actors.sender_pool import running_sender_replicas
 from api.auth import admit, check_keys_before_json, require
+from api.campaign_door import accept_campaign
+from api.credentials import credentials_router, refuse_insecure_defaults
 from api.demo import demo_router
-from api.errors import ApiError, BodySizeLimit, install_error_handlers, not_found
+from api.devices import devices_router
+from api.erasure import Erasure, erasure_router
+from api.errors import BodySizeLimit, install_error_handlers, not_found
 from api.events import EventsAccepted, EventsIn, log_entries
 from api.fleet import Fleet
 from api.live import REPLICA_MAX_STREAMS, open_live, run_stream
 from api.me import Me, me_router
 from api.models import ModelControl
+from api.paths import (
+    CampaignId,
+    DeviceId,
+    ModelVersion,
+    NotificationId,
+    TemplateBody,
+    TemplateId,
+    UserId,
+)
+from api.responses import CAMPAIGN_POST, DEVICE_POST, ERRORS, READYZ, Readiness, document
 from api.rows import preferences_row, profile_row, wishlist_rows
 from api.schemas import (
-    CAMPAIGN_ID_PATTERN,
-    ID_PATTERN,
-    MODEL_VERSION_PATTERN,
-    NOTIFICATION_ID_PATTERN,
     CampaignAccepted,
     CampaignIn,
     CampaignStatus,
     DeviceIn,
     DeviceOut,
-    ErrorResponse,
     FeedbackAccepted,
     FeedbackIn,
     Inbox,
@@ -54,6 +62,7 @@ from api.schemas import (
     WishlistIn,
     WishlistOut,
 )
+from api.slow_clients import BodyReadTimeout
 from api.status import notification_status
 from api.templates import (
     TEMPLATE_PUT,
@@ -76,18 +85,6 @@ from cluster.state.feedback import FeedbackStore
 from cluster.state.inbox import InboxStore
 from cluster.vocabulary import LANES
 from models.registry import Registry
-from pipelines.template_model import TEMPLATE_ID_PATTERN
-
-UserId = Annotated[str, Path(pattern=ID_PATTERN)]
-DeviceId = Annotated[str, Path(pattern=ID_PATTERN)]
-CampaignId = Annotated[str, Path(pattern=CAMPAIGN_ID_PATTERN)]
-NotificationId = Annotated[str, Path(pattern=NOTIFICATION_ID_PATTERN)]
-ModelVersion = Annotated[str, Path(pattern=MODEL_VERSION_PATTERN)]
-TemplateId = Annotated[str, Path(pattern=TEMPLATE_ID_PATTERN)]
-TemplateBody = Annotated[dict[str, Any], Body()]  # a `TemplateIn`, checked by the handler
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 422)
-}
 
 
 # Names the routes use are defined above the class: `serve.ingress` pickles the FastAPI app
@@ -124,10 +121,17 @@ api.include_router(
     )
 )
 api.include_router(demo_router())
+api.include_router(credentials_router(lambda: _replica().fleet.reload_credentials(), ADMIN))
+api.include_router(devices_router(lambda: _replica().users, _api_keys))
+api.include_router(erasure_router(lambda: _replica().erasure, _api_keys))
+document(api, "POST", "/v1/me/devices", DEVICE_POST)  # 200 for a known token, as below
 check_keys_before_json(api)
 # The ingress sets the real limit from its settings when a replica starts.
 body_limit = BodySizeLimit.Limit(max_bytes=ApiSettings.model_fields["max_body_bytes"].default)
 api.add_middleware(BodySizeLimit, limit=body_limit)
+# Outermost: the size limit reads the body through it. Seconds set per replica, as above.
+read_timeout = BodyReadTimeout.Limit(seconds=10.0)
+api.add_middleware(BodyReadTimeout, limit=read_timeout)
 
 
 @serve.deployment(
@@ -142,8 +146,10 @@ api.add_middleware(BodySizeLimit, limit=body_limit)
 class HeraldIngress:
     def __init__(self, settings: HeraldSettings) -> None:
         configure_logging(settings)
+        refuse_insecure_defaults(settings)
         self.settings = settings
         body_limit.max_bytes = settings.api.max_body_bytes
+        read_timeout.seconds = settings.protection.http_read_timeout_s
         self.redis = async_client(settings)
         self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)
@@ -161,21 +167,22 @@ class HeraldIngress:
         )
         self.users = Users(self.fleet, self.owners, self.state, self.feedback)
         self.me = Me(self.users, self.inbox, self.live)
+        self.erasure = Erasure.build(settings, self.redis, self.fleet)
 
     # --- health --------------------------------------------------------------------------
     @api.get("/healthz", tags=["health"])
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["health"])
-    async def readyz(self, response: Response) -> dict[str, dict[str, bool]]:
+    @api.get("/readyz", tags=["health"], responses=READYZ)
+    async def readyz(self, response: Response) -> Readiness:
         """Ready when Redis answers and every shard, router, fan-out worker, sender and (with
         Kafka configured) the Kafka ingestor answers within 2 s."""
         redis_up, actors_up = await asyncio.gather(ping(self.redis), self.fleet.ready())
         checks = {"redis": redis_up, **actors_up}
         if not all(checks.values()):
             response.status_code = 503
-        return {"checks": checks}
+        return Readiness(checks=checks)
 
     @api.get("/v1/admin/stats", tags=["admin"], dependencies=ADMIN)
     async def admin_stats(self) -> dict:
@@ -187,7 +194,9 @@ class HeraldIngress:
         return {**stats, "log_backlog": backlog}
 
     # --- devices and users ---------------------------------------------------------------
-    @api.post("/v1/devices", status_code=201, tags=["devices"], dependencies=INGEST)
+    @api.post(
+        "/v1/devices", status_code=201, tags=["devices"], dependencies=INGEST, responses=DEVICE_POST
+    )
     async def register_device(self, device: DeviceIn, response: Response) -> DeviceOut:
         """Register a device; the same token again updates its row (200) instead of adding
         one; a token seen with another user moves to this one."""
@@ -259,7 +268,7 @@ class HeraldIngress:
         the providers' 4,096 bytes at its variables' longest; a 422 names every problem by
         its place (`locales.fr.body`, `variables.order_id.max_length`). Events see it
         within a second."""
-        template = parse_template(template_id, body)
+        template = parse_template(template_id, body, self.templates.deeplink_schemes)
         stored, created = await self.templates.put(template)
         if not created:
             response.status_code = 200
@@ -283,29 +292,17 @@ class HeraldIngress:
         return Response(status_code=204)
 
     # --- campaigns and feedback ------------------------------------------------------------
-    @api.post("/v1/campaigns", status_code=202, tags=["campaigns"], dependencies=CAMPAIGNS)
+    @api.post(
+        "/v1/campaigns", status_code=202, tags=["campaigns"], dependencies=CAMPAIGNS,
+        responses=CAMPAIGN_POST,
+    )  # fmt: skip
     async def post_campaign(self, campaign: CampaignIn, response: Response) -> CampaignAccepted:
         """Accept a campaign; it starts at `send_at` (or now) in the marketing lane. Posting
         the same campaign again is a no-op (200); another body under the same id is a 409."""
-        spec = campaign.model_dump(mode="json")
-        await self.templates.check_campaign(spec)
-        created, previous = await self.campaigns.create(spec)
-        if not created:
-            if previous is None or json.loads(previous) != spec:
-                raise ApiError(
-                    409,
-                    "conflict",
-                    f"campaign {campaign.campaign_id!r} exists with another definition",
-                    fields=[{"field": "campaign_id", "reason": "already used"}],
-                )
+        accepted = await accept_campaign(campaign, self.templates, self.campaigns)
+        if not accepted.created:
             response.status_code = 200
-        status = await self.campaigns.get(campaign.campaign_id)
-        return CampaignAccepted(
-            campaign_id=campaign.campaign_id,
-            state=status["state"],
-            send_at=status["send_at"],
-            created=created,
-        )
+        return accepted
 
     @api.get("/v1/campaigns/{campaign_id}", tags=["campaigns"], dependencies=CAMPAIGNS)
     async def get_campaign(self, campaign_id: CampaignId) -> CampaignStatus:
@@ -387,7 +384,10 @@ class HeraldIngress:
 
 def app_builder(args: HeraldArgs) -> Application:
     """Build the Herald application; `args` override HERALD_* settings field by field."""
-    return HeraldIngress.bind(settings_from_args(args))
+    settings = settings_from_args(args)
+    refuse_insecure_defaults(settings)  # a clear error at deploy, not at the first send
+    return HeraldIngress.bind(settings)
 
 
-app = app_builder(HeraldArgs())
+# `serve run serve_app:app`: checked when its replicas start (`HeraldIngress.__init__`).
+app = HeraldIngress.bind(settings_from_args(HeraldArgs()))

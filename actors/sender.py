@@ -77,6 +77,17 @@ class ChannelSender:
         self.sent += batch.num_rows
         return results
 
+    async def reload_credentials(self) -> dict[str, object]:
+        """Look at the provider's credentials file now (`POST /v1/admin/credentials/reload`):
+        a changed one is used for the sends that follow. Which sender, what it uses now
+        (key id, content fingerprint) and whether this call changed it."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self.client.start())
+        await self._started
+        reload = getattr(self.client, "reload_credentials", None)
+        answer = reload(force=True) if reload is not None else {"credential": None}
+        return {"channel": self.channel, "lane": self.lane, "replica": self.replica, **answer}
+
     async def ping(self) -> dict[str, int | str]:
         return {
             "channel": self.channel,

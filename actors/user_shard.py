@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from actors.columnar import GroupedTable, KeyedTable
+from actors.shard_devices import DeviceLifecycle
 from cluster import metrics
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
@@ -30,6 +31,7 @@ from cluster.tables.devices import DEVICES
 from cluster.tables.preferences import DEFAULTS, PREFERENCES
 from cluster.tables.profiles import PROFILES
 from cluster.tables.wishlists import WISHLISTS
+from pipelines.device_hygiene import seen_at, with_stale_counts
 from pipelines.segments import users_frame
 
 SIZES_EVERY_S = 5.0  # shard-size gauges: at most this often on writes
@@ -50,8 +52,10 @@ _PROFILE_COLUMNS = ("user_id", "country", "locale", "timezone", "attributes", "u
 _STORED_WISHLIST = {"user_id": pl.String, "product_ids": pl.List(pl.String)}
 
 
-class UserShard:
-    """Plain class; `actors.bootstrap` wraps it with `ray.remote` and its options."""
+class UserShard(DeviceLifecycle):
+    """Plain class; `actors.bootstrap` wraps it with `ray.remote` and its options. The
+    device lifecycle (removal, heartbeats, dead tokens, stale devices) is
+    `actors.shard_devices`'."""
 
     def __init__(self, settings: HeraldSettings, index: int) -> None:
         configure_logging(settings)
@@ -72,6 +76,7 @@ class UserShard:
         # reuses a version its previous life handed out.
         self.version = time.time_ns() // 1_000
         self._snapshot: dict | None = None
+        self._snapshot_fresh_until = float("inf")  # a device of it turns stale then
         self._sizes_at = float("-inf")
         self._rebuild()
         self._rebuild_wishlists()
@@ -82,6 +87,8 @@ class UserShard:
         """Reload every table from its Redis hash."""
         for name, table in self.tables.items():
             rows = self.store.load(name, table.polars_schema)
+            if rows is not None and name == "devices":
+                rows = seen_at(rows, time.time())  # rows from before last_seen_at existed
             if rows is not None:
                 table.replace_all(rows)
 
@@ -105,10 +112,7 @@ class UserShard:
         self._publish_sizes()
         return frame.height
 
-    # --- writes --------------------------------------------------------------------------
-    def upsert_devices(self, rows: pa.Table) -> int:
-        return self._upsert("devices", rows)
-
+    # --- writes (devices: `actors.shard_devices`) -------------------------------------------
     def upsert_profiles(self, rows: pa.Table) -> int:
         return self._upsert("profiles", rows)
 
@@ -166,19 +170,17 @@ class UserShard:
         self._publish_sizes()
         return frame.height
 
-    def deactivate_devices(self, device_ids: list[str]) -> int:
-        """Mark devices inactive (unregistered, moved to another user, or a dead token)."""
-        current = self.tables["devices"].where_in("device_id", device_ids)
-        current = current.filter(pl.col("active"))
-        if current.height == 0:
-            return 0
-        changed = current.with_columns(active=pl.lit(False), updated_at=pl.lit(time.time()))
-        return self._upsert("devices", changed)
-
     # --- reads ---------------------------------------------------------------------------
     def device(self, device_id: str) -> dict | None:
         rows = self.tables["devices"].where_in("device_id", [device_id])
         return rows.row(0, named=True) if rows.height else None
+
+    def tokens_for(self, device_ids: list[str]) -> pa.Table:
+        """(device_id, user_id, token) of those of `device_ids` still active here: the
+        retry set keeps no token, so a due retry is sent to its device's token as of now,
+        and not at all once the device was unregistered or given to another user."""
+        rows = self.tables["devices"].where_in("device_id", device_ids)
+        return rows.filter(pl.col("active")).select("device_id", "user_id", "token").to_arrow()
 
     def lookup(self, user_ids: list[str]) -> pa.Table:
         """One row per (user, active device) — or one row with null device columns for a
@@ -209,20 +211,17 @@ class UserShard:
 
     def _with_prefs_and_devices(self, rows: pl.DataFrame, locales: bool = False) -> pl.DataFrame:
         """`rows` (with a user_id column) joined with preferences and active devices (with
-        `locales`, each device's as `device_locale`)."""
+        `locales`, each device's as `device_locale`) that are not stale, and each user's
+        count of stale ones left out (`stale_devices`, `actors.shard_devices`)."""
         users = rows["user_id"].unique()
         extra = {"device_locale": pl.col("locale")} if locales else {}
-        devices = (
-            self.tables["devices"]
-            .where_in("user_id", users)
-            .filter(pl.col("active"))
-            .select("user_id", "device_id", "platform", "token", **extra)
-        )
+        devices, stale = self._push_devices(self.tables["devices"].where_in("user_id", users))
+        devices = devices.select("user_id", "device_id", "platform", "token", **extra)
         prefs = self.tables["preferences"].where_in("user_id", users).drop("updated_at")
         joined = rows.join(prefs, on="user_id", how="left").with_columns(
             [pl.col(name).fill_null(value) for name, value in DEFAULTS.items() if value is not None]
         )
-        return joined.join(devices, on="user_id", how="left")
+        return with_stale_counts(joined.join(devices, on="user_id", how="left"), stale)
 
     # --- snapshots -----------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -233,15 +232,20 @@ class UserShard:
 
         - users: one row per user the shard knows — `pipelines.segments.users_frame` (with
           activity and affinities) plus `timezone`, the `SNAPSHOT_PREFERENCES` columns with
-          `DEFAULTS` filled in, and `has_push_device` (an active device on any platform).
-        - devices: active devices only — user_id, device_id, platform, token.
+          `DEFAULTS` filled in, `has_push_device` (an active device on any platform) and
+          `stale_devices` (active ones skipped as stale; `platforms` are the fresh ones').
+        - devices: active devices only, stale ones left out — user_id, device_id,
+          platform, token.
 
-        Cached: rebuilt only when a write happened since (`version` changed). The refs of
+        Cached: rebuilt only when a write happened since (`version` changed) or one of its
+        devices turned stale (then with a new version). The refs of
         the cached snapshot stay alive while it is cached; an older one lives on as long as
         a worker still holds its refs. The objects are owned by this actor, so they are
         lost with it (a restarted shard builds new ones)."""
         if self._snapshot is not None and self._snapshot["version"] == self.version:
-            return self._snapshot
+            if time.time() < self._snapshot_fresh_until:
+                return self._snapshot
+            self.version += 1
         version = self.version
         users, devices = self._snapshot_frames()
         self._snapshot = {
@@ -256,6 +260,8 @@ class UserShard:
     def _snapshot_frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         profiles = self.tables["profiles"].frame()
         all_devices = self.tables["devices"].frame()
+        fresh, stale = self._push_devices(all_devices)
+        self._snapshot_fresh_until = self._fresh_until(fresh)
         users = users_frame(
             profiles,
             all_devices.select("user_id", "platform", "active"),
@@ -263,6 +269,7 @@ class UserShard:
             activity=self.tables["activity"].frame(),
             affinities=self.tables["affinities"].frame(),
         )
+        users = self._with_fresh_platforms(users, fresh, stale)
         prefs = self.tables["preferences"].frame().select("user_id", *SNAPSHOT_PREFERENCES)
         users = (
             users.join(
@@ -281,9 +288,7 @@ class UserShard:
                 + [(pl.col("platforms").list.len() > 0).alias("has_push_device")]
             )
         )
-        devices = all_devices.filter(pl.col("active")).select(
-            "user_id", "device_id", "platform", "token"
-        )
+        devices = fresh.select("user_id", "device_id", "platform", "token")
         return users, devices
 
     def _publish_sizes(self) -> None:
@@ -298,6 +303,7 @@ class UserShard:
             "shard": self.index,
             "devices": devices.height,
             "active_devices": int(devices["active"].sum()),
+            "stale_devices": self._push_devices(devices)[1].height,
             "profiles": len(self.tables["profiles"]),
             "preferences": len(self.tables["preferences"]),
             "wishlist_rows": len(self.wishlists),
@@ -311,3 +317,38 @@ class UserShard:
 
     def ping(self) -> bool:
         return True
+
+    # --- data protection (`api.erasure`) ---------------------------------------------------
+    def user_rows(self, user_ids: list[str]) -> dict[str, list[dict]]:
+        """Every row `user_ids` have in every table (inactive devices too), for an export."""
+        rows = {name: t.where_in("user_id", user_ids).to_dicts() for name, t in self.tables.items()}
+        rows["wishlists"] = self.wishlists.where_in("user_id", user_ids).to_dicts()
+        return rows
+
+    def erase_users(self, user_ids: list[str]) -> dict:
+        """Remove every row of `user_ids` from every table: from the Redis hashes first, in
+        one pipeline, then from memory (a compacted frame without them), so a restart
+        cannot bring them back. The snapshot is dropped, so fan-out stops seeing them.
+        Answers {"rows": removed per table, "device_ids", "tokens"} — the devices' ids and
+        tokens are what the caller then looks for in the other stores."""
+        users = pl.Series("user_id", user_ids, dtype=pl.String)
+        devices = self.tables["devices"].where_in("user_id", users)
+        removed = {n: t.where_in("user_id", users)[t.key] for n, t in self.tables.items()}
+        wished = self.wishlists.where_in("user_id", users)
+        removed["wishlists"] = wished["user_id"].unique()
+        self.store.write({}, removed=removed)
+        gone = ~pl.col("user_id").is_in(users.implode())
+        for name, table in self.tables.items():
+            if removed[name].len():
+                table.replace_all(table.frame().filter(gone))
+        if wished.height:
+            self.wishlists.replace_all(self.wishlists.frame().filter(gone))
+        self.version += 1
+        self._snapshot = None
+        self.stats()
+        counts = {name: ids.len() for name, ids in removed.items()}
+        return {
+            "rows": {**counts, "wishlists": wished.height},
+            "device_ids": devices["device_id"].to_list(),
+            "tokens": devices["token"].to_list(),
+        }

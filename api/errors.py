@@ -12,10 +12,29 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("herald.api")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where: `events[3].user_id`, `locales.fr.body`, `body`")
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="validation_error, not_found, unauthorized, …")
+    message: str
+    fields: list[FieldError] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx answer: one shape, naming each bad field and why."""
+
+    error: ErrorBody
 
 
 class ApiError(Exception):
@@ -41,6 +60,16 @@ def not_found(what: str, value: str, field: str, reason: str) -> ApiError:
     says "no device 'd1'" and which field held it."""
     return ApiError(
         404, "not_found", f"no {what} {value!r}", fields=[{"field": field, "reason": reason}]
+    )
+
+
+def conflict(field: str, message: str) -> ApiError:
+    """409: the id in `field` is taken by something else (another definition)."""
+    return ApiError(
+        409,
+        "conflict",
+        f"{message} with another definition",
+        fields=[{"field": field, "reason": "already used"}],
     )
 
 
@@ -101,10 +130,34 @@ def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
     return answer_error(invalid(fields))
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method of the path the request's URL falls under: the first route (in routing
+    order) whose pattern matches names the path, and all of that path's routes give their
+    methods. Starlette's 405 lists only the methods of the first route, and FastAPI makes
+    one route per method: it said `Allow: GET` for a path that takes DELETE too."""
+    routes = [r for r in iter_route_contexts(request.app.router.routes) if r.methods]
+    for route in routes:  # included routers too
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            return sorted({m for r in routes if r.path == route.path for m in r.methods})
+    return []
+
+
 def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
     code = codes.get(exc.status_code, "http_error")
-    return answer_error(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+    headers = dict(exc.headers or {})
+    fields = [{"field": "body", "reason": str(exc.detail)}] if exc.status_code == 400 else []
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        fields = [{"field": "body", "reason": "nested too deep to parse"}]  # json.loads gave up
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        headers["Allow"] = ", ".join(allow)
+        fields = [
+            {"field": "method", "reason": f"{request.method} not allowed; use {', '.join(allow)}"}
+        ]
+    refused = ApiError(exc.status_code, code, str(exc.detail), fields=fields, headers=headers)
+    return answer_error(refused)
 
 
 def _api(request: Request, exc: ApiError) -> JSONResponse:
@@ -126,8 +179,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuse bodies over `max_bytes` with 413, by header or by counting
-    (a chunked body has no Content-Length to trust)."""
+    """ASGI middleware: refuse bodies over `max_bytes` with 413, by header or by counting.
+
+    A chunked body has no Content-Length to trust, so the body is read here, up to the
+    limit, before the route sees it, and replayed to it whole. Counting inside the route's
+    own reads would not do: FastAPI turns any error raised while it reads the body into a
+    400 "error parsing the body"."""
 
     @dataclass
     class Limit:
@@ -149,21 +206,31 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await self._reject(scope, receive, send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                chunks = []  # the client left: the route sees the disconnect
+                pending: Message | None = message
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                pending = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         refused = ApiError(
@@ -173,7 +240,3 @@ class BodySizeLimit:
             fields=[{"field": "body", "reason": f"at most {self.max_bytes} bytes"}],
         )
         await answer_error(refused)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass

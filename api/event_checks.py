@@ -26,6 +26,7 @@ from pipelines.template_model import (
     substitute,
     validate_variables,
 )
+from pipelines.text_rules import deeplink_problem
 
 INLINE_TEXT_MAX = 2000  # characters of an inline content's string variable
 _VARIABLE = re.compile(VARIABLE_NAME_PATTERN)
@@ -53,6 +54,17 @@ def template_problems(
         else:
             continue
         problems += [(i, field, reason) for field, reason in found]
+    return problems
+
+
+def deeplink_problems(events: Sequence[AnyEvent], schemes: Sequence[str]) -> list[Problem]:
+    """Inline content whose deeplink is not of the deployment's schemes (a template's
+    deeplink was checked when it was put)."""
+    problems: list[Problem] = []
+    for i, event in enumerate(events):
+        link = getattr(getattr(event, "content", None), "deeplink", None)
+        if link is not None and (reason := deeplink_problem(link, schemes)) is not None:
+            problems.append((i, "content.deeplink", reason))
     return problems
 
 

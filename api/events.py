@@ -16,12 +16,27 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from api.input_rules import EPOCH_MAX, check_extra
 from api.schemas import Contract, Identifier, ProductId
 from cluster.vocabulary import CATEGORIES, LANE_OF_TYPE
 from pipelines.order_updates import ORDER_STATUSES
-from pipelines.template_model import PUSH_FIELDS, TEMPLATE_ID_PATTERN, Content
+from pipelines.template_model import (
+    PUSH_FIELDS,
+    TEMPLATE_ID_PATTERN,
+    VARIABLE_NAME_PATTERN,
+    Content,
+)
+from pipelines.text_rules import SINGLE_LINE_PATTERN, SingleLine
 
 EVENTS_MAX = 1000
 USERS_MAX = 1000
@@ -55,12 +70,14 @@ class DeliveryOptions(BaseModel):
     """How the providers treat an event's pushes; every option is optional, and unset
     leaves the provider's (and the lane's) default."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     priority: Literal["high", "normal"] | None = Field(
         None,
         description="`high`: deliver now, waking the device (APNs priority 10, FCM HIGH); "
         "`normal`: the OS may batch it to save power (APNs 5, FCM NORMAL)",
     )
-    ttl_s: int | None = Field(
+    ttl_s: StrictInt | None = Field(
         None,
         ge=0,
         le=TTL_MAX_S,
@@ -78,7 +95,7 @@ class DeliveryOptions(BaseModel):
     occurred_at: float | None = Field(
         None,
         ge=0,
-        lt=1e10,
+        lt=EPOCH_MAX,
         description="When it happened upstream, in epoch seconds (as `send_at` and "
         "`accepted_at` elsewhere in the API)",
     )
@@ -92,9 +109,11 @@ class OrderUpdated(DeliveryOptions):
     """An order changed state; goes to that one user, in the transactional lane. Its
     content is the template `order.<status>` (the shop's, else the shipped one) unless
     `template_id` names another; the template's variables are filled from the event's own
-    fields of the same names (`order_id`, and any extra field the producer sends)."""
+    fields of the same names (`order_id`, and any extra field the producer sends). Extra
+    fields: at most 8 levels deep and 8,192 bytes as JSON together, finite numbers only."""
 
-    model_config = ConfigDict(extra="allow")  # order details ride along in the log
+    # Order details ride along in the log (bounded: `api.input_rules.extra_problems`).
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     event_id: Identifier = Field(description="Producer-chosen idempotency key")
     type: Literal["order.updated"]
@@ -104,12 +123,17 @@ class OrderUpdated(DeliveryOptions):
     template_id: TemplateId | None = Field(
         None, description="The template to use instead of `order.<status>`; must exist"
     )
-    sequence: int | None = Field(
+    sequence: StrictInt | None = Field(
         None,
         ge=0,
         le=2**63 - 1,
         description="producer's per-order counter; compared before occurred_at",
     )
+
+    @model_validator(mode="after")
+    def _bounded_extra(self) -> OrderUpdated:
+        check_extra("OrderUpdated", self.model_extra)
+        return self
 
     def logged(self) -> dict[str, Any]:
         """The log body (module doc): options left unset are left out."""
@@ -122,9 +146,12 @@ class OrderUpdated(DeliveryOptions):
 
 class PriceDropped(BaseModel):
     """A product got cheaper; goes to every user whose wishlist holds it, in the marketing
-    lane. Each (event, user) is one notification, id `<event_id>:<user_id>`."""
+    lane. Each (event, user) is one notification, id `<event_id>:<user_id>`. `new_price`
+    must be lower than `old_price`. Extra fields (product details, kept in the log): at
+    most 8 levels deep and 8,192 bytes as JSON together, finite numbers only."""
 
-    model_config = ConfigDict(extra="allow")  # product details ride along in the log
+    # Product details ride along in the log (bounded, as an order update's).
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     event_id: Identifier = Field(description="Producer-chosen idempotency key")
     type: Literal["price.dropped"]
@@ -132,7 +159,7 @@ class PriceDropped(BaseModel):
     old_price: Price
     new_price: Price
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
-    title: str | None = Field(None, min_length=1, max_length=200, description="Product name")
+    title: SingleLine | None = Field(None, min_length=1, max_length=200, description="Product name")
     category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
         None, description="Product category; the ranker's affinity feature (unset: affinity 0)"
     )
@@ -141,6 +168,7 @@ class PriceDropped(BaseModel):
     def _is_a_drop(self) -> PriceDropped:
         if self.new_price >= self.old_price:
             raise ValueError("new_price: must be lower than old_price")
+        check_extra("PriceDropped", self.model_extra)
         return self
 
     def logged(self) -> dict[str, Any]:
@@ -186,7 +214,17 @@ class NotificationRequested(DeliveryOptions):
     variables: dict[str, Any] = Field(
         default_factory=dict,
         max_length=VARIABLES_MAX,
-        description="name → value (a string or a number) for the placeholders",
+        description="name → value (a string or a finite number) for the placeholders: "
+        "the template's declared variables, each of its declared type, and no others",
+        json_schema_extra={
+            "propertyNames": {"pattern": VARIABLE_NAME_PATTERN},
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string", "maxLength": 2000, "pattern": SINGLE_LINE_PATTERN},
+                    {"type": "number"},
+                ]
+            },
+        },
     )
     category: str = Field(
         pattern=CATEGORY_PATTERN,

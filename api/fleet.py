@@ -1,6 +1,7 @@
 """The ingress's view of Herald's actors, each found by name in the deployment's namespace:
 the shards it writes users and devices to, the actors readiness waits for, the pings the
-admin stats gather, and the model reload every fan-out worker gets.
+admin stats gather, the model reload every fan-out worker gets and the credentials reload
+every push sender gets.
 
 `actors.bootstrap` starts the actors outside Serve, so the ingress holds no handles from
 `.bind()`. The pools' current members come in as functions
@@ -18,8 +19,10 @@ import ray
 from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
+from cluster.vocabulary import PUSH_CHANNELS
 
 PING_TIMEOUT_S = 2.0
+RELOAD_TIMEOUT_S = 10.0  # a sender not started yet starts its client first
 
 
 class Fleet:
@@ -81,6 +84,30 @@ class Fleet:
             asyncio.gather(*[self.actor(n).ping.remote() for n in replicas]),
         )
         return {"shards": shards, "routers": routers, "senders": pings}
+
+    async def reload_credentials(self) -> list[dict]:
+        """Every push sender replica up now looks at its credentials file again; each
+        answer says what it uses after (a replica that does not answer within
+        `PING_TIMEOUT_S` is listed with its error: it checks the file on its next send)."""
+        names = [
+            sender_name(channel, lane, replica)
+            for channel, lane in senders(self.settings)
+            if channel in PUSH_CHANNELS
+            for replica in self.running_sender_replicas(self.settings, channel, lane)
+        ]
+        answers = await asyncio.gather(
+            *[
+                asyncio.wait_for(self.actor(n).reload_credentials.remote(), RELOAD_TIMEOUT_S)
+                for n in names
+            ],
+            return_exceptions=True,
+        )
+        return [
+            {"sender": name, "error": f"{type(a).__name__}: {a}"}
+            if isinstance(a, BaseException)
+            else {"sender": name, **a}
+            for name, a in zip(names, answers, strict=True)
+        ]
 
     async def reload_fanout_workers(self) -> list[str]:
         """The version each fan-out worker ranks with after reloading the registry's: the

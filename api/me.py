@@ -43,6 +43,7 @@ from api.schemas import (
 )
 from api.user_actions import (
     Users,
+    device_heartbeat,
     preferences_of,
     record_feedback,
     register_device,
@@ -208,7 +209,15 @@ def _account_routes(router: APIRouter, User: Any, services: Callable[[], Me]) ->
 
     @router.delete("/devices/{device_id}", status_code=204)
     async def my_device_gone(user: User, device_id: DeviceId) -> Response:
+        """Delete the device and its token (404 when it is not the user's)."""
         await unregister_device(services().users, device_id, user)
+        return Response(status_code=204)
+
+    @router.post("/devices/{device_id}/heartbeat", status_code=204)
+    async def my_device_heartbeat(user: User, device_id: DeviceId) -> Response:
+        """The app is alive on this device of the user's: `last_seen_at` becomes now, so a
+        stale device gets pushes again (204; 404 when it is not the user's)."""
+        await device_heartbeat(services().users, device_id, user)
         return Response(status_code=204)
 
     @router.post("/feedback")

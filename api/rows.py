@@ -27,7 +27,7 @@ def device_row(device: DeviceIn, device_id: str) -> pa.Table:
 def profile_row(user_id: str, profile: ProfileIn) -> pa.Table:
     """A profile; attributes are kept as one JSON string (the shard's column is a string)."""
     row = {**profile.model_dump(), "user_id": user_id, "updated_at": time.time()}
-    row["attributes"] = json.dumps(row["attributes"])
+    row["attributes"] = json.dumps(row["attributes"], allow_nan=False)  # finite at the door
     return pa.Table.from_pylist([row])
 
 

@@ -10,12 +10,24 @@ from __future__ import annotations
 import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from api.errors import ErrorResponse  # noqa: F401  (re-exported: the error shape)
+from api.input_rules import (
+    APNS_TOKEN,
+    FCM_TOKEN,
+    TOKEN_BY_PLATFORM,
+    VARIANT_SHAPE,
+    AttributeName,
+    AttributeValue,
+    Epoch,
+    TimeZone,
+    VariableValue,
+)
 from cluster.vocabulary import CATEGORIES, VARIANT_STYLES
 from pipelines.segments import Segment
+from pipelines.text_rules import DEEPLINK_DESCRIPTION, Deeplink, MultiLine, SingleLine
 
 ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,128}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1–128 of A–Z a–z 0–9 . _ : @ -")]
@@ -24,38 +36,34 @@ Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1–128 of A�
 NOTIFICATION_ID_PATTERN = r"^[A-Za-z0-9._:@~\-]{1,257}$"
 CAMPAIGN_ID_PATTERN = r"^[A-Za-z0-9._@\-]{1,64}$"
 
-APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
-# FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters.
-FCM_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,}:[A-Za-z0-9_\-]{20,4000}$")
-
-
-def _timezone(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown IANA time zone {value!r}") from exc
-    return value
-
-
-TimeZone = Annotated[str | None, AfterValidator(_timezone)]
 HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, 24 h")]
 
 
 class Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, numbers finite (`api.input_rules`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class MyDeviceIn(Contract):
     """A device the signed-in user's app registers for itself (`POST /v1/me/devices`): the
-    user is the token's, never the body's."""
+    user is the token's, never the body's. `token`: an APNs device token (64 hexadecimal
+    characters) for `ios`, an FCM registration token (`<id>:<base64url>`) otherwise."""
+
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, json_schema_extra=TOKEN_BY_PLATFORM
+    )
 
     platform: Literal["ios", "android", "web"]
-    token: str = Field(min_length=1, max_length=4096)
+    token: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="ios: 64 hexadecimal characters (APNs); android and web: "
+        "`<id>:<base64url>` (FCM)",
+    )
     app_id: Identifier = "default"
     locale: str | None = Field(None, max_length=35)
-    timezone: TimeZone = None
+    timezone: TimeZone | None = None
 
     @model_validator(mode="after")
     def _token_shape(self) -> MyDeviceIn:
@@ -80,14 +88,18 @@ class DeviceOut(BaseModel):
 class ProfileIn(Contract):
     country: str | None = Field(None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
     locale: str | None = Field(None, max_length=35)
-    timezone: TimeZone = None
-    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=64)
+    timezone: TimeZone | None = None
+    attributes: dict[AttributeName, AttributeValue] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Up to 64 name → string (≤ 1,000 characters), finite number or boolean",
+    )
 
 
 class Channels(Contract):
-    push: bool = True
-    inbox: bool = True
-    email: bool = True
+    push: StrictBool = True
+    inbox: StrictBool = True
+    email: StrictBool = True
 
 
 class Categories(Contract):
@@ -96,13 +108,20 @@ class Categories(Contract):
     further `name: bool` keys — 1–64 of a–z 0–9 _ . -, starting with a letter, at most
     `SHOP_MAX` of them. A category never mentioned is on."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "additionalProperties": {"type": "boolean"},
+            "propertyNames": {"pattern": r"^[a-z][a-z0-9_.-]{0,63}$"},
+            "maxProperties": 53,
+        },
+    )
     SHOP_PATTERN: ClassVar[re.Pattern[str]] = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
     SHOP_MAX: ClassVar[int] = 50
 
-    order: bool = True
-    price_alert: bool = True
-    marketing: bool = True
+    order: StrictBool = True
+    price_alert: StrictBool = True
+    marketing: StrictBool = True
 
     @model_validator(mode="after")
     def _shop_categories(self) -> Categories:
@@ -126,7 +145,7 @@ class PreferencesIn(Contract):
     channels: Channels = Field(default_factory=Channels)
     categories: Categories = Field(default_factory=Categories)
     quiet_hours: QuietHours | None = None
-    max_marketing_per_day: int = Field(3, ge=0, le=100)
+    max_marketing_per_day: StrictInt = Field(3, ge=0, le=100)
 
 
 ProductId = Annotated[
@@ -217,21 +236,6 @@ class MyFeedbackIn(Contract):
     action: Literal["opened", "clicked", "dismissed"]
 
 
-class FieldError(BaseModel):
-    field: str
-    reason: str
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    fields: list[FieldError] = Field(default_factory=list)
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 # --- campaigns and feedback ------------------------------------------------------------------
 # What a provider takes in one message; checked per variant at the door (APNs: the JSON
 # payload; FCM v1: the message's notification and data), with room for Herald's own data.
@@ -249,19 +253,23 @@ def payload_bytes(title: str, body: str, deeplink: str | None) -> int:
 class Variant(Contract):
     """Inline copy (`title` and `body`, sent as written) or a template (`template_id`, with
     the `variables` every recipient's copy is filled with), which each recipient gets in
-    their language. Whether the template exists and the variables fill it is checked when
-    the campaign starts: a campaign that cannot render is marked failed with the reason."""
+    their language. Whether the template exists and the variables fill it is checked at
+    the door (422 naming `variants[i].…`), as is the deeplink's scheme."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=VARIANT_SHAPE)
 
     variant_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,32}$")]
-    title: str | None = Field(None, min_length=1, max_length=200)
-    body: str | None = Field(None, min_length=1, max_length=2000)
+    title: SingleLine | None = Field(None, min_length=1, max_length=200)
+    body: MultiLine | None = Field(
+        None, min_length=1, max_length=2000, description="Tab and line breaks allowed"
+    )
     template_id: str | None = Field(
         None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Instead of title and body"
     )
-    variables: dict[str, str | int | float] | None = Field(
+    variables: dict[str, VariableValue] | None = Field(
         None, max_length=32, description="The template's variables, the same for everyone"
     )
-    deeplink: str | None = Field(None, max_length=1000)
+    deeplink: Deeplink | None = Field(None, max_length=1000, description=DEEPLINK_DESCRIPTION)
     style: Literal[VARIANT_STYLES] = Field(  # type: ignore[valid-type]
         "plain", description="What kind of copy this is; a feature the ranker scores"
     )
@@ -294,19 +302,17 @@ class CampaignIn(Contract):
     category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
         None, description="Product category the campaign is about; a ranking feature"
     )
-    audience_limit: int | None = Field(None, ge=1, le=100_000_000)
+    audience_limit: StrictInt | None = Field(None, ge=1, le=100_000_000)
     score_threshold: float | None = Field(None, ge=0, le=1)
     exploration: float = Field(
         0.1, ge=0, le=1, description="Share of users given a Thompson-sampled variant"
     )
-    respect_quiet_hours: bool = True
-    send_at: float | None = Field(
-        None, ge=0, description="Epoch seconds to start; now when absent or past"
+    respect_quiet_hours: StrictBool = True
+    send_at: Epoch | None = Field(
+        None, description="Epoch seconds (before 2286) to start; now when absent or past"
     )
-    ends_at: float | None = Field(
+    ends_at: Epoch | None = Field(
         None,
-        ge=0,
-        allow_inf_nan=False,
         description="Epoch seconds after which its pushes are not sent: each push's TTL "
         "(apns-expiration, android.ttl) ends then, and retries or quiet-hours holds past it "
         "are dropped as expired; must be after send_at",

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.errors import invalid, not_found
-from api.event_checks import Problem, template_problems
+from api.event_checks import Problem, deeplink_problems, template_problems
 from api.events import AnyEvent
 from cluster.settings import HeraldSettings
 from cluster.state.templates import TemplateStore
@@ -37,6 +37,7 @@ from pipelines.template_model import (
     Template,
     Variable,
 )
+from pipelines.text_rules import DEFAULT_DEEPLINK_SCHEMES, deeplink_problem
 
 
 class TemplateIn(BaseModel):
@@ -122,9 +123,12 @@ TEMPLATE_PUT: dict[str, Any] = {
 }
 
 
-def parse_template(template_id: str, body: Mapping[str, Any]) -> Template:
+def parse_template(
+    template_id: str, body: Mapping[str, Any], deeplink_schemes: Sequence[str]
+) -> Template:
     """The template a PUT body describes, or a 422 naming every problem. The path gives
-    the id; the store gives the version."""
+    the id; the store gives the version; every locale's deeplink starts with one of the
+    deployment's `deeplink_schemes`, written out (placeholders only after it)."""
     fields = []
     if "version" in body:
         fields.append({"field": "version", "reason": "set by Herald on every put; leave it out"})
@@ -135,6 +139,12 @@ def parse_template(template_id: str, body: Mapping[str, Any]) -> Template:
         template = templates.parse({**data, "template_id": template_id})
     except ValidationError as error:
         fields += templates.field_errors(error)
+    else:
+        for tag, content in template.locales.items():
+            if content.deeplink is None:
+                continue
+            if (reason := deeplink_problem(content.deeplink, deeplink_schemes)) is not None:
+                fields.append({"field": f"locales.{tag}.deeplink", "reason": reason})
     if fields:
         raise invalid(fields)
     return template
@@ -154,11 +164,15 @@ def template_out(template: Template) -> TemplateOut:
 
 class TemplateBook:
     """The shop's templates (a `TemplateStore`) and the cache the door checks events with;
-    one per ingress replica or Kafka ingestor, on its async Redis client."""
+    one per ingress replica or Kafka ingestor, on its async Redis client. Deeplinks are
+    checked against the deployment's schemes (`settings.protection.deeplink_schemes`)."""
+
+    deeplink_schemes: tuple[str, ...] = DEFAULT_DEEPLINK_SCHEMES
 
     def __init__(self, settings: HeraldSettings, redis: aioredis.Redis) -> None:
         self.store = TemplateStore(settings, redis)
         self.cache = templates.cache(self.store)
+        self.deeplink_schemes = tuple(settings.protection.deeplink_schemes)
 
     async def put(self, template: Template) -> tuple[TemplateOut, bool]:
         """Store `template`; (it with its new version, True when no shop template of its id
@@ -194,7 +208,7 @@ class TemplateBook:
         found = template_problems(events, await self.cache.templates())
         if found and await self.store.generation() != self.cache.generation:
             found = template_problems(events, await self.cache.refresh())
-        return found
+        return found + deeplink_problems(events, self.deeplink_schemes)
 
     async def check(self, events: Sequence[AnyEvent]) -> None:
         """422 naming `events[i].<field>` for every problem of every event, or nothing."""
@@ -203,11 +217,15 @@ class TemplateBook:
 
     async def check_campaign(self, campaign: Mapping[str, Any]) -> None:
         """422 naming `variants[i].template_id` / `variants[i].variables.<name>` for a variant
-        whose template is not in force or whose variables do not fill it: refused at the
-        door rather than a campaign marked failed once it runs."""
+        whose template is not in force or whose variables do not fill it, and
+        `variants[i].deeplink` for a link of a scheme the deployment does not allow:
+        refused at the door rather than a campaign marked failed once it runs."""
         in_force = await self.cache.templates()
         fields = []
         for i, variant in enumerate(campaign["variants"]):
+            link = variant.get("deeplink")
+            if link and (reason := deeplink_problem(link, self.deeplink_schemes)) is not None:
+                fields.append({"field": f"variants[{i}].deeplink", "reason": reason})
             template_id = variant.get("template_id")
             if template_id is None:
                 continue

@@ -35,25 +35,40 @@ class Users:
 
 async def register_device(users: Users, device: DeviceIn) -> tuple[str, bool]:
     """(device_id, created). The same token again updates its row; a token seen with
-    another user moves to this one (the phone changed hands), and the old user stops
-    getting pushes on it."""
+    another user moves to this one (the phone changed hands): the old user's row of it is
+    deleted, token and all, so nothing of it is left in two shards."""
     device_id = device_id_for(device.platform, device.app_id, device.token)
     previous = await users.owners.owner(device_id)
     if previous is not None and previous != device.user_id:
-        await users.fleet.shard(previous).deactivate_devices.remote([device_id])
+        await users.fleet.shard(previous).remove_devices.remote([device_id], previous)
     await users.fleet.shard(device.user_id).upsert_devices.remote(device_row(device, device_id))
     await users.owners.set_owner(device_id, device.user_id)
     return device_id, previous is None
 
 
-async def unregister_device(users: Users, device_id: str, user_id: str | None = None) -> None:
-    """Switch the device off; 404 when it is unknown — or, with `user_id`, not that
-    user's (so nobody learns of another user's device)."""
+async def _owner_of(users: Users, device_id: str, user_id: str | None) -> str:
+    """The device's owner; 404 when it is unknown — or, with `user_id`, not that user's
+    (so nobody learns of another user's device)."""
     owner = await users.owners.owner(device_id)
     if owner is None or (user_id is not None and owner != user_id):
         raise not_found("device", device_id, "device_id", "unknown device")
-    await users.fleet.shard(owner).deactivate_devices.remote([device_id])
+    return owner
+
+
+async def unregister_device(users: Users, device_id: str, user_id: str | None = None) -> None:
+    """Delete the device — its row and token in the owner's shard (memory and Redis), then
+    its owner-index entry; 404 as `_owner_of`."""
+    owner = await _owner_of(users, device_id, user_id)
+    await users.fleet.shard(owner).remove_devices.remote([device_id])
     await users.owners.forget(device_id)
+
+
+async def device_heartbeat(users: Users, device_id: str, user_id: str | None = None) -> None:
+    """The app on this device is alive: its `last_seen_at` becomes now (a stale device
+    gets pushes again). 404 as `_owner_of`, or when the owner's shard has no such row."""
+    owner = await _owner_of(users, device_id, user_id)
+    if not await users.fleet.shard(owner).heartbeat.remote([device_id]):
+        raise not_found("device", device_id, "device_id", "unknown device")
 
 
 async def record_feedback(

@@ -158,6 +158,7 @@ def shard_bytes_per_device(devices: pl.DataFrame) -> tuple[float, float]:
         timezone=pl.lit(None, pl.String),
         active=pl.lit(True),
         updated_at=pl.lit(NOW),
+        last_seen_at=pl.lit(NOW),
     ).select([f.name for f in DEVICES])
     token_bytes = float(devices["token"].str.len_bytes().mean())
     return table.estimated_size() / table.height, token_bytes

@@ -200,7 +200,7 @@ def shard_rows() -> Gauge:
     return Gauge(
         "herald_shard_rows",
         description="Rows a user shard holds, per shard and table (devices, active_devices, "
-        "profiles, preferences, wishlist_rows, activity, affinities).",
+        "stale_devices, profiles, preferences, wishlist_rows, activity, affinities).",
         tag_keys=("shard", "table"),
     )
 
@@ -238,3 +238,19 @@ def sender_replicas() -> Gauge:
 @_never_raises
 def set_sender_replicas(lane: str, n: int) -> None:
     sender_replicas().set(n, tags={"lane": lane})
+
+
+@cache
+def devices_skipped() -> Counter:
+    return Counter(
+        "herald_devices_skipped_total",
+        description="Active devices left out when choosing where to push, by reason (stale: "
+        "not seen for HERALD_DEVICE_STALE_DAYS), counted once per user and batch.",
+        tag_keys=("reason",),
+    )
+
+
+@_never_raises
+def count_devices_skipped(reason: str, n: int) -> None:
+    if n:
+        devices_skipped().inc(n, tags={"reason": reason})

@@ -47,12 +47,12 @@ async def _run(kind: Kind, pki_dir: Path, port: int, host: str, fcm_project: str
     url = f"https://{host}:{actual}"
     if kind is Kind.apns:
         holder["emulator"] = ApnsEmulator(
-            pki.apns_public_key.read_bytes(), pki.apns_key_id, pki.apns_team_id
+            pki.apns_public_key.read_bytes(), pki.apns_key_id, pki.apns_team_id, pki.directory
         )
     else:
         token_uri = f"{url}/token"
         public = write_service_account(pki.fcm_credentials_file, fcm_project, token_uri)
-        holder["emulator"] = FcmEmulator(fcm_project, public, token_uri)
+        holder["emulator"] = FcmEmulator(fcm_project, public, token_uri, pki.directory)
     print(f"READY {url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

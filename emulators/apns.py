@@ -20,7 +20,7 @@ bug no test would see. The log records what was wrong as the item's `detail`.
 
 Every request is logged whole: the device token, every header (the provider token reduced
 to its scheme, see `recorded_headers`), the body's size, the parsed payload when it is
-JSON, and for a refusal its `reason`.
+JSON, the key id the provider token names (`key_id`), and for a refusal its `reason`.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jwt
 
 from emulators.common import (
     ProviderEmulator,
+    TrustedKeys,
     json_response,
     recorded_headers,
     retry_after_header,
@@ -119,11 +121,18 @@ def _parsed(body: bytes) -> tuple[bool, Any]:
 
 
 class ApnsEmulator(ProviderEmulator):
-    def __init__(self, public_key_pem: bytes, key_id: str, team_id: str) -> None:
+    """Trusts `public_key_pem` as `key_id` and, given `key_dir`, every
+    `apns-public-<key id>.pem` there (re-read on change), minus the key ids revoked through
+    `/_emulator/revoked`; each logged request names the key id it was signed with."""
+
+    def __init__(
+        self, public_key_pem: bytes, key_id: str, team_id: str, key_dir: Path | None = None
+    ) -> None:
         super().__init__()
-        self.public_key = public_key_pem
-        self.key_id, self.team_id = key_id, team_id
-        self._valid_jwts: dict[str, float] = {}  # verified provider token → its iat
+        self.keys = TrustedKeys({key_id: public_key_pem}, key_dir, prefix="apns-public-")
+        self.team_id = team_id
+        # verified provider token → (its iat, its key id)
+        self._valid_jwts: dict[str, tuple[float, str]] = {}
 
     def route(self, request: Request) -> Response:
         if request.method != "POST":
@@ -139,6 +148,9 @@ class ApnsEmulator(ProviderEmulator):
         is_json, payload = _parsed(request.body)
         if is_json:
             item["payload"] = payload
+        key_id = _key_id(request.headers.get("authorization"))
+        if key_id is not None:
+            item["key_id"] = key_id
         refusal = self._judge(request, token, payload)
         if refusal is not None:
             item["reason"] = refusal.reason
@@ -187,21 +199,35 @@ class ApnsEmulator(ProviderEmulator):
         return json_response(status, {"reason": reason, **(extra or {})}, headers)
 
     def _check_auth(self, header: str | None) -> str | None:
-        """None when the provider token is good, else Apple's reason."""
+        """None when the provider token is good, else Apple's reason. A token signed with
+        a key revoked since it was first verified is refused from then on."""
         if not header or not header.lower().startswith("bearer "):
             return "MissingProviderToken"
         token = header[7:].strip()
-        iat = self._valid_jwts.get(token)
-        if iat is None:
+        known = self._valid_jwts.get(token)
+        if known is None or known[1] in self.state.revoked:
             try:
-                head = jwt.get_unverified_header(token)
-                claims = jwt.decode(token, self.public_key, algorithms=["ES256"])
+                kid = jwt.get_unverified_header(token).get("kid")
+                public = None if kid in self.state.revoked else self.keys.get(kid)
+                if public is None:
+                    return "InvalidProviderToken"
+                claims = jwt.decode(token, public, algorithms=["ES256"])
             except jwt.PyJWTError:
                 return "InvalidProviderToken"
-            if head.get("kid") != self.key_id or claims.get("iss") != self.team_id:
+            if claims.get("iss") != self.team_id:
                 return "InvalidProviderToken"
-            iat = float(claims.get("iat", 0))
-            self._valid_jwts[token] = iat
-        if time.time() - iat > 3600:
+            known = (float(claims.get("iat", 0)), kid)
+            self._valid_jwts[token] = known
+        if time.time() - known[0] > 3600:
             return "ExpiredProviderToken"
+        return None
+
+
+def _key_id(header: str | None) -> str | None:
+    """The `kid` a provider token names (unverified: for the log only)."""
+    if not header or not header.lower().startswith("bearer "):
+        return None
+    try:
+        return jwt.get_unverified_header(header[7:].strip()).get("kid")
+    except jwt.PyJWTError:
         return None

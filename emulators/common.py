@@ -1,7 +1,9 @@
 """What both emulators share: the received log, the fault plan, the control endpoints
-(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`), the
-request cycle around each provider's own API (`ProviderEmulator`), and how a request's
-headers go into the log (`recorded_headers`)."""
+(`/_emulator/received`, `/_emulator/faults`, `/_emulator/reset`, `/_emulator/stats`,
+`/_emulator/revoked`), the request cycle around each provider's own API
+(`ProviderEmulator`), how a request's headers go into the log (`recorded_headers`), and the
+keys an emulator trusts (`TrustedKeys`): every public key in the test PKI directory,
+re-read when the directory changes, minus the key ids a test revoked."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import math
 import random
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,6 +40,9 @@ class EmulatorState:
         self.stats: Counter[int] = Counter()
         self.plan = FaultPlan()
         self.dead: frozenset[str] = frozenset()
+        # Key ids the provider no longer accepts (a key revoked in Apple's or Google's
+        # console): requests signed with them, and tokens minted from them, are refused.
+        self.revoked: frozenset[str] = frozenset()
         self.random = random.Random(seed)
 
     def record(self, item: dict[str, Any], status: int) -> None:
@@ -79,10 +85,78 @@ class EmulatorState:
             self.stats.clear()
             self.plan = FaultPlan()
             self.dead = frozenset()
+            self.revoked = frozenset()
             return _json(200, {"reset": True})
+        if what == "revoked":
+            return self._revoked(request)
         if what == "stats" and request.method == "GET":
             return _json(200, {"total": len(self.received), "by_status": dict(self.stats)})
         return _json(404, {"error": f"no control endpoint {request.method} {request.path}"})
+
+    def _revoked(self, request: Request) -> Response:
+        """GET: the revoked key ids; POST `{"key_ids": [...]}`: replace them."""
+        if request.method == "POST":
+            try:
+                body = json.loads(request.body or b"{}")
+                ids = body["key_ids"]
+                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                return _json(422, {"error": 'body must be {"key_ids": ["<key id>", ...]}'})
+            self.revoked = frozenset(ids)
+        return _json(200, {"key_ids": sorted(self.revoked)})
+
+
+class TrustedKeys:
+    """Public keys by key id: `fixed` ones, plus every file in `directory` named
+    `<prefix><key id>.pem`. The directory is looked at again at most every `recheck_s`
+    and re-read only when its mtime changed (a key added, removed or renamed in), so a
+    request costs one dict lookup and, now and then, one stat."""
+
+    def __init__(
+        self,
+        fixed: dict[str, bytes],
+        directory: Path | None = None,
+        prefix: str = "",
+        recheck_s: float = 0.25,
+    ) -> None:
+        self.fixed = dict(fixed)
+        self.directory = Path(directory) if directory is not None else None
+        self.prefix = prefix
+        self.recheck_s = recheck_s
+        self._found: dict[str, bytes] = {}
+        self._mtime_ns: int | None = None
+        self._checked_at = -math.inf
+
+    def get(self, key_id: str | None) -> bytes | None:
+        """The public key (PEM) of `key_id`, or None when it is not trusted."""
+        if key_id is None:
+            return None
+        self._refresh()
+        return self._found.get(key_id) or self.fixed.get(key_id)
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if self.directory is None or now - self._checked_at < self.recheck_s:
+            return
+        self._checked_at = now
+        try:
+            mtime = self.directory.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._mtime_ns:
+            return
+        found = {}
+        for path in self.directory.glob(f"{self.prefix}*.pem"):
+            key_id = path.name.removeprefix(self.prefix).removesuffix(".pem")
+            try:
+                found[key_id] = path.read_bytes()
+            except OSError:
+                continue  # removed since the glob
+        # A change within the filesystem's timestamp granularity of this read could leave
+        # the mtime as it is: a directory changed in the last second is read again.
+        settled = time.time_ns() - mtime > 1_000_000_000
+        self._found, self._mtime_ns = found, mtime if settled else None
 
 
 class ProviderEmulator:

@@ -33,12 +33,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from emulators.common import (
     ProviderEmulator,
+    TrustedKeys,
     json_response,
     recorded_headers,
     retry_after_header,
 )
 from emulators.fcm_message import InvalidArgument, check_content, check_fields, fcm_error
 from emulators.h2server import Request, Response
+from emulators.pki import write_private
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{8,}:[A-Za-z0-9_\-]{20,4000}$")
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
@@ -60,12 +62,21 @@ TOKEN_REFUSED = "The registration token is not a valid FCM registration token"
 
 
 class FcmEmulator(ProviderEmulator):
-    def __init__(self, project_id: str, public_key_pem: bytes, token_uri: str) -> None:
+    """Takes assertions signed by `public_key_pem` (any key id) and, given `key_dir`, by
+    every `fcm-public-<private_key_id>.pem` there (re-read on change). A key id revoked
+    through `/_emulator/revoked` gets no new access token, and the tokens already minted
+    from it stop working (stricter than Google, whose tokens live out their hour: a test
+    of rotation must see the old key fail at once)."""
+
+    def __init__(
+        self, project_id: str, public_key_pem: bytes, token_uri: str, key_dir: Path | None = None
+    ) -> None:
         super().__init__()
         self.project_id = project_id
         self.public_key = public_key_pem
+        self.keys = TrustedKeys({}, key_dir, prefix="fcm-public-")
         self.token_uri = token_uri
-        self.access_tokens: set[str] = set()
+        self.access_tokens: dict[str, str | None] = {}  # access token → the key id it came from
 
     def route(self, request: Request) -> Response:
         if request.path == "/token" and request.method == "POST":
@@ -90,6 +101,9 @@ class FcmEmulator(ProviderEmulator):
         details) of its error; logs the message into `item` as soon as there is one."""
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in self.access_tokens:
+            return 401, ERRORS[401][2], None
+        item["key_id"] = self.access_tokens[auth[7:]]
+        if item["key_id"] in self.state.revoked:
             return 401, ERRORS[401][2], None
         if project != self.project_id:
             return 403, ERRORS[403][2], None
@@ -122,13 +136,17 @@ class FcmEmulator(ProviderEmulator):
         form = parse_qs(request.body.decode())
         assertion = (form.get("assertion") or [""])[0]
         try:
+            key_id = jwt.get_unverified_header(assertion).get("kid")
+            if key_id in self.state.revoked:
+                raise jwt.InvalidKeyError(f"key {key_id} is revoked")
+            public = self.keys.get(key_id) or self.public_key
             # google-auth signs for Google's endpoint whatever token_uri says; accept both.
             audience = [self.token_uri, GOOGLE_TOKEN_URI]
-            jwt.decode(assertion, self.public_key, algorithms=["RS256"], audience=audience)
+            jwt.decode(assertion, public, algorithms=["RS256"], audience=audience)
         except jwt.PyJWTError as exc:
             return json_response(400, {"error": "invalid_grant", "error_description": str(exc)})
         token = "ya29.emulator-" + secrets.token_urlsafe(24)
-        self.access_tokens.add(token)
+        self.access_tokens[token] = key_id
         return json_response(
             200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
         )
@@ -154,23 +172,27 @@ class FcmEmulator(ProviderEmulator):
 
 
 def write_service_account(path: Path, project_id: str, token_uri: str) -> bytes:
-    """A fresh service account for this emulator run; returns its public key (PEM)."""
+    """A fresh service account (0600) for this emulator; returns its public key (PEM),
+    also written beside it as `fcm-public-<private_key_id>.pem`, which an emulator given
+    that directory trusts: called again, it is a second account to rotate Herald to."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
+    key_id = secrets.token_hex(20)
     account = {
         "type": "service_account",
         "project_id": project_id,
-        "private_key_id": secrets.token_hex(20),
+        "private_key_id": key_id,
         "private_key": private_pem,
         "client_email": f"herald@{project_id}.iam.gserviceaccount.com",
         "client_id": str(secrets.randbits(64)),
         "token_uri": token_uri,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(account, indent=2))
-    tmp.replace(path)
-    return key.public_key().public_bytes(
+    public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    # Trusted before Herald can read the account: a watcher never sees an unknown key.
+    (Path(path).parent / f"fcm-public-{key_id}.pem").write_bytes(public)
+    write_private(Path(path), json.dumps(account, indent=2))
+    return public

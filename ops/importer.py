@@ -94,10 +94,12 @@ def import_users(settings: HeraldSettings, users: pa.Table, chunk_rows: int = 50
 
 
 def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int = 50_000) -> int:
-    """Register (user_id, platform, token[, app_id]) rows; returns the number written.
+    """Register (user_id, platform, token[, app_id, last_seen_at]) rows; returns the number
+    written. `last_seen_at` (epoch s, the app's last sign of life) defaults to now.
 
     Device ids follow the same rule as `POST /v1/devices`, so a later HTTP registration of
-    the same token updates the imported row."""
+    the same token updates the imported row. The tokens reach Redis sealed, as a
+    registration's do: the shards' write-through seals them (`cluster.state.shards`)."""
     if devices.num_rows == 0:
         return 0
     if "app_id" not in devices.column_names:
@@ -106,6 +108,9 @@ def import_devices(settings: HeraldSettings, devices: pa.Table, chunk_rows: int 
     devices = devices.append_column("device_id", ids)
     devices = devices.append_column("active", pa.array(np.ones(devices.num_rows, dtype=bool)))
     devices = devices.append_column("updated_at", pa.array(np.full(devices.num_rows, time.time())))
+    if "last_seen_at" not in devices.column_names:  # an import's own timestamps are kept
+        seen = pa.array(np.full(devices.num_rows, time.time()))
+        devices = devices.append_column("last_seen_at", seen)
     calls = _per_shard(settings, devices, "upsert_devices", chunk_rows)
     # device → owner, for `DELETE /v1/devices/{id}` and dead tokens; written while the
     # shards work (an owner entry whose shard write then fails points at no device, which

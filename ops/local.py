@@ -5,6 +5,10 @@ processes over HTTP/2 + TLS with a fresh test CA, a local Ray instance, and the 
 One class, so the demo, the tests and the benchmarks run exactly the same stack. Handed a
 `redis_url`, it starts no Redis and uses that one instead (the tests' Redis Cluster pass,
 the benchmark on a cluster: `redis_cluster=True` then goes with it).
+
+Its secrets stay its owner's: the data directory is 0700, the embedded Redis asks for the
+password it generated (`ops.embedded_redis`), handed to Herald as `redis_password`, and
+every key file under it is 0600 (`emulators.pki`).
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
         if self.external_redis_url is None:
             # fsync on every write: a 202 means the event is on disk, even if Redis is
             # killed. Assigned before start(), so stop() also ends a redis-server that
@@ -119,6 +124,8 @@ class LocalStack:
         self.settings = HeraldSettings(
             **{
                 "redis_url": self.external_redis_url or self.redis.url,
+                # The embedded Redis's URL carries it too, for scripts that use the URL.
+                **({} if self.redis is None else {"redis_password": self.redis.password}),
                 "http_port": self.http_port,
                 "data_dir": self.data_dir,
                 "apns_host": "127.0.0.1",

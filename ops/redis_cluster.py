@@ -6,10 +6,15 @@ directory, so `kill(i)` then `restart(i)` is a crashed master coming back with i
 and its slots, as in production without replicas. `redis-cli --cluster create` assigns the
 16,384 slots; `start()` returns once every node reports `cluster_state:ok` and agrees on
 the slot map, so the first command of a test is never answered `CLUSTERDOWN`.
+
+Every node asks for one shared password (`requirepass`, and `masterauth` for the nodes'
+own links; `ops.embedded_redis`), generated once into `<data_dir>/redis.password`;
+`url` carries it, and `redis-cli` gets it through `REDISCLI_AUTH`, not its command line.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from ops.embedded_redis import EmbeddedRedis
+from ops.embedded_redis import EmbeddedRedis, redis_password
 from ops.processes import free_port
 
 SLOTS = 16_384
@@ -32,12 +37,16 @@ class LocalRedisCluster:
         if server is None or self.cli is None:
             raise RuntimeError("a Redis Cluster needs redis-server and redis-cli on PATH")
         self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        self.password = redis_password(self.data_dir)
         self.nodes = [
             EmbeddedRedis(
                 self.data_dir / f"node{i}",
                 appendfsync=appendfsync,
                 executable=server,
                 cluster_bus_port=free_port(),
+                password=self.password,
             )
             for i in range(masters)
         ]
@@ -57,6 +66,7 @@ class LocalRedisCluster:
             [self.cli, "--cluster", "create", *self.addresses,
              "--cluster-replicas", "0", "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s,
+            env={**os.environ, "REDISCLI_AUTH": self.password},
         )  # fmt: skip
         self.wait_ok(timeout_s)
         return self
@@ -72,7 +82,7 @@ class LocalRedisCluster:
 
     def _node_ok(self, node: EmbeddedRedis) -> bool:
         try:
-            client = redis.Redis(port=node.port, socket_connect_timeout=0.5)
+            client = node.client(socket_connect_timeout=0.5)
             info = client.cluster("info")
             client.close()
         except redis.exceptions.RedisError:
@@ -94,7 +104,7 @@ class LocalRedisCluster:
 
     def node_of(self, key: str) -> int:
         """Index of the master serving `key`'s slot now (by CLUSTER SLOTS)."""
-        client = redis.Redis(port=self.nodes[0].port)
+        client = self.nodes[0].client()
         slot = int(client.cluster("keyslot", key))
         for start, end, (_, port, *_), *_ in client.execute_command("CLUSTER SLOTS"):
             if start <= slot <= end:
@@ -106,17 +116,18 @@ class LocalRedisCluster:
         does: IMPORTING / MIGRATING, MIGRATE its keys `batch` at a time (clients meanwhile
         get ASK for keys already moved), then SETSLOT NODE on every master."""
         source_index = self.node_of(key)
-        source, target = (redis.Redis(port=self.nodes[i].port) for i in (source_index, to_index))
+        source, target = (self.nodes[i].client() for i in (source_index, to_index))
         slot = int(source.cluster("keyslot", key))
         source_id, target_id = source.cluster("myid"), target.cluster("myid")
         target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
         source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
         while moving := source.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
             source.execute_command(
-                "MIGRATE", "127.0.0.1", self.nodes[to_index].port, "", 0, 5000, "KEYS", *moving
-            )
+                "MIGRATE", "127.0.0.1", self.nodes[to_index].port, "", 0, 5000,
+                "AUTH", self.password, "KEYS", *moving,
+            )  # fmt: skip
         for node in self.nodes:
-            redis.Redis(port=node.port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
         self.wait_ok()
 
     def stop(self) -> None:

@@ -77,7 +77,9 @@ def variants_frame(campaign: Mapping[str, Any]) -> pl.DataFrame:
                 **{k: v.get(k) for k in ("variant_id", "title", "body", "template_id")},
                 "style": v.get("style") or "plain",
                 "deeplink": v.get("deeplink") or "",
-                "variables": json.dumps(variables) if variables is not None else None,
+                "variables": json.dumps(variables, allow_nan=False)
+                if variables is not None
+                else None,
             }
         )
     return pl.DataFrame(rows, schema=dict.fromkeys(_VARIANT_COLUMNS, pl.String))

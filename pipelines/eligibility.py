@@ -7,7 +7,9 @@ wisher) notification (`split`, `repeat`, `over_cap_in_batch`).
 Input columns: `user_id` String; `timezone` String (IANA name; null or unknown → UTC); `push`,
 `inbox`, `cat_marketing` Boolean (null → True); `quiet_start_min`, `quiet_end_min` Int16
 (minutes after local midnight, 0–1439; null, equal, or out of range → no quiet hours);
-`max_marketing_per_day` Int32 (null → 3); `has_push_device` Boolean (null → False).
+`max_marketing_per_day` Int32 (null → 3); `has_push_device` Boolean (null → False);
+optionally `stale_devices` (devices skipped as stale: a user push cannot reach only because
+of them is suppressed as `stale_device` rather than `no_reachable_channel`).
 
 Quiet hours are wall-clock rules: a user is quiet at `now` when the local time of day (in
 their zone, at `now`) lies in `[start, end)`, or in `[start, 24:00) ∪ [00:00, end)` when the
@@ -43,6 +45,10 @@ REASONS: tuple[str, ...] = (
     "already_sent",
     "frequency_cap",
 )
+# Counted only when it happens (callers compare the fixed REASONS' counts as a whole): a
+# user push could reach but for devices skipped as stale (an input `stale_devices` count,
+# `pipelines.device_hygiene`), who would otherwise be `no_reachable_channel`.
+STALE_REASON = "stale_device"
 CHANNELS: frozenset[str] = frozenset({"push", "inbox"})
 DEFAULT_MAX_MARKETING_PER_DAY = 3
 _MINUTES_PER_DAY = 1440
@@ -115,10 +121,11 @@ def eligible(
     plus `send_push`, `send_inbox` (Boolean: which of the campaign's channels each user gets)
     and `send_after` (Float64, null = send now, else the end of the user's quiet window —
     deferred, not dropped, when `respect_quiet_hours`). `suppressed_counts` has every key of
-    REASONS; each suppressed user is counted once, under the first reason in the order
-    category_opt_out → already_sent → channel_opt_out → no_reachable_channel →
-    frequency_cap, so that len(kept) + sum(counts) == len(users). `sent_today` (user_id,
-    count) is what each user already got on their local day (see `local_day`).
+    REASONS (and STALE_REASON when some user has it); each suppressed user is counted once,
+    under the first reason in the order category_opt_out → already_sent → channel_opt_out
+    → stale_device → no_reachable_channel → frequency_cap, so that len(kept) +
+    sum(counts) == len(users). `sent_today` (user_id, count) is what each user already got
+    on their local day (see `local_day`).
 
     `category` names the preference column checked for the category opt-out
     (`cat_<category>`; campaigns: marketing, price drops: price_alert). `repeat` (Boolean
@@ -143,7 +150,8 @@ def split(
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """`eligible`, plus the suppressed rows themselves: (kept, suppressed, counts), where
     `suppressed` is the input rows that may not receive it with a String `reason` column
-    (one of REASONS, as counted) — for callers that record why each one was suppressed."""
+    (one of REASONS or STALE_REASON, as counted) — for callers that record why each one
+    was suppressed."""
     rules = (now, channels, respect_quiet_hours, sent_today, already_sent, category, repeat)
     kept, reasons, counts = _classify(users, *rules)
     suppressed = users.with_columns(reasons.alias("reason")).filter(pl.col("reason").is_not_null())
@@ -170,16 +178,13 @@ def _classify(
     allows_push = pl.lit("push" in wanted) & pl.col("push").fill_null(True)
     allows_inbox = pl.lit("inbox" in wanted) & pl.col("inbox").fill_null(True)
     send_push = allows_push & pl.col("has_push_device").fill_null(False)
-    repeat_expr = (
-        pl.col("user_id")
-        .is_in(already_sent.cast(pl.String).drop_nulls().implode())
-        .fill_null(False)
-        if already_sent is not None
+    repeat_expr = _repeated(already_sent, repeat)
+    cap = pl.col("max_marketing_per_day").fill_null(DEFAULT_MAX_MARKETING_PER_DAY)
+    stale = (
+        pl.col("stale_devices").fill_null(0) > 0
+        if "stale_devices" in users.columns
         else pl.lit(False)
     )
-    if repeat is not None:
-        repeat_expr = repeat_expr | pl.lit(repeat.cast(pl.Boolean).fill_null(False))
-    cap = pl.col("max_marketing_per_day").fill_null(DEFAULT_MAX_MARKETING_PER_DAY)
     reason = (
         pl.when(~pl.col(f"cat_{category}").fill_null(True))
         .then(pl.lit("category_opt_out"))
@@ -187,6 +192,8 @@ def _classify(
         .then(pl.lit("already_sent"))
         .when(~(allows_push | allows_inbox))
         .then(pl.lit("channel_opt_out"))
+        .when(~(send_push | allows_inbox) & stale)
+        .then(pl.lit(STALE_REASON))
         .when(~(send_push | allows_inbox))
         .then(pl.lit("no_reachable_channel"))
         .when(_sent_counts(users["user_id"], sent_today) >= cap)
@@ -196,6 +203,8 @@ def _classify(
     reasons = users.select(reason).to_series()
     found = dict(reasons.drop_nulls().value_counts().iter_rows())
     counts = {r: int(found.get(r, 0)) for r in REASONS}
+    if found.get(STALE_REASON):
+        counts[STALE_REASON] = int(found[STALE_REASON])
     kept = users.filter(reasons.is_null()).with_columns(
         send_push=send_push, send_inbox=allows_inbox
     )
@@ -205,6 +214,21 @@ def _classify(
         else pl.repeat(None, kept.height, dtype=pl.Float64, eager=True)
     )
     return kept.with_columns(send_after.alias("send_after")), reasons, counts
+
+
+def _repeated(already_sent: pl.Series | None, repeat: pl.Series | None) -> pl.Expr:
+    """True for a user who had this notification already (`already_sent` ids, or the
+    per-row `repeat` flags)."""
+    expr = (
+        pl.col("user_id")
+        .is_in(already_sent.cast(pl.String).drop_nulls().implode())
+        .fill_null(False)
+        if already_sent is not None
+        else pl.lit(False)
+    )
+    if repeat is not None:
+        expr = expr | pl.lit(repeat.cast(pl.Boolean).fill_null(False))
+    return expr
 
 
 def over_cap_in_batch(

@@ -14,6 +14,10 @@ user's variant, and so the score they were ranked into the audience by, was chos
 dismissed), exported from the Redis feedback stream by the routers. `training_rows` joins
 the two into one row per send with `opened` / `clicked` labels — the frame
 `models.training` takes.
+
+No file ever holds a device token (`NEVER_LOGGED`): the log is training data, copied and
+kept for long, and a token is a credential to push to a phone. `write` drops such a column
+should a producer's frame carry one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ FEATURE_INPUTS = ("timezone", "country", "attributes", "platforms", "last_active
 # Off-policy columns of a send (`pipelines.campaigns.CHOSEN_COLUMNS`); rows planned before
 # they existed read as null, which `models.off_policy` refuses rather than guesses.
 PROPENSITY_COLUMNS = ("propensity", "propensity_se", "audience")
+# Columns `write` never puts in a file: device tokens are sealed at rest everywhere else.
+NEVER_LOGGED = ("token",)
 ACTION_SCHEMA = {
     "notification_id": pl.String,
     "user_id": pl.String,
@@ -82,10 +88,11 @@ def deterministic() -> dict[str, pl.Expr]:
 
 def write(rows: pl.DataFrame, root: Path, kind: str, at_column: str) -> list[Path]:
     """Append `rows` under `root/kind/day=<UTC day of at_column>/` as new Parquet files (one
-    per day touched): files are never rewritten, so writers on several nodes never clash."""
+    per day touched): files are never rewritten, so writers on several nodes never clash.
+    A `NEVER_LOGGED` column is left out."""
     if rows.height == 0:
         return []
-    days = rows.with_columns(
+    days = rows.drop(NEVER_LOGGED, strict=False).with_columns(
         _day=pl.from_epoch(pl.col(at_column), time_unit="s").dt.strftime("%Y-%m-%d")
     )
     written = []

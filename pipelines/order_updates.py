@@ -21,6 +21,7 @@ import polars as pl
 
 from cluster.tables.deliveries import DELIVERIES, MAX_COLLAPSE_KEY
 from cluster.vocabulary import CHANNEL_OF_PLATFORM
+from pipelines.device_hygiene import STALE_COLUMN
 from pipelines.localized import OPTIONS, RICH_CONTENT, localized, rich_json, with_locale_columns
 from pipelines.template_model import Template
 
@@ -87,8 +88,9 @@ def plan(
     Returns (deliveries in the DELIVERIES layout, suppressed notifications with a reason).
     """
     audience = with_locale_columns(audience)
+    stale = [STALE_COLUMN] if STALE_COLUMN in audience.columns else []
     prefs = audience.select(
-        "user_id", "push", "inbox", "email", "cat_order", "profile_locale"
+        "user_id", "push", "inbox", "email", "cat_order", "profile_locale", *stale
     ).unique(subset="user_id")
     with_prefs = (
         _messages(events)
@@ -255,8 +257,12 @@ def suppressed(
     """The notifications of `wanted` no delivery serves, each with the first reason that
     applies: its category turned off (`category_reason`), every channel turned off (or
     not asked for), its template could not be filled (changed or deleted since the event
-    was accepted), else no active device."""
+    was accepted), every device of the user stale (`stale_device`, when `wanted` has the
+    shards' `stale_devices` count), else no active device."""
     failed = pl.col("notification_id").is_in(unrendered["notification_id"].implode())
+    stale = (
+        pl.col(STALE_COLUMN).fill_null(0) > 0 if STALE_COLUMN in wanted.columns else pl.lit(False)
+    )
     reason = (
         pl.when(~category_on)
         .then(pl.lit(category_reason))
@@ -264,6 +270,8 @@ def suppressed(
         .then(pl.lit("channel_opt_out"))
         .when(failed)
         .then(pl.lit("template_unavailable"))
+        .when(stale)
+        .then(pl.lit("stale_device"))
         .otherwise(pl.lit("no_active_device"))
     )
     served = deliveries.select("notification_id").unique()

@@ -103,7 +103,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from models.snapshot import USER_ID, users_frame
+from models.snapshot import USER_ID
 from pipelines.segment_compiler import Compiler, SnapshotError
 from pipelines.segment_nodes import (
     MAX_ITEMS,
@@ -117,6 +117,7 @@ from pipelines.segment_nodes import (
     Platform,
     WishlistContains,
 )
+from pipelines.snapshot_guard import users_frame
 
 # `users_frame` and `SnapshotError` are part of this module's interface (shards build their
 # snapshot with `pipelines.segments.users_frame`); `MAX_ITEMS` / `MAX_STRING` with the limits.

@@ -26,8 +26,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from pipelines.text_rules import (
+    DEEPLINK_DESCRIPTION,
+    Deeplink,
+    MultiLine,
+    SingleLine,
+)
 
 TEMPLATE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
@@ -51,7 +58,7 @@ TEXT_FIELDS = tuple(f for f in (*PUSH_FIELDS, *EMAIL_FIELDS) if f != "badge")
 _LOCALE = re.compile(LOCALE_PATTERN)
 _VARIABLE = re.compile(VARIABLE_NAME_PATTERN)
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # text_rules' set
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[!#-\[\]-~]+$")  # printable ASCII, no space " \
 # The longest text each non-text type renders to (see template_render's formatting).
 _WORST_TEXT = {"integer": "-" + "9" * 19, "number": "-" + "9" * 23, "money": "-" + "9" * 18}
@@ -114,7 +121,7 @@ class Variable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: VariableType = Field("string", description="string, integer, number, money or url")
-    max_length: int | None = Field(
+    max_length: StrictInt | None = Field(
         None, ge=1, le=2000, description="Most characters (string and url only); default 64/256"
     )
 
@@ -130,8 +137,8 @@ class Variable(BaseModel):
         return self.max_length or DEFAULT_MAX_LENGTH.get(self.type)
 
 
-def _text(limit: int) -> Any:
-    return Field(None, min_length=1, max_length=limit)
+def _text(limit: int, **schema: Any) -> Any:
+    return Field(None, min_length=1, max_length=limit, **schema)
 
 
 class Content(BaseModel):
@@ -141,18 +148,18 @@ class Content(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    title: str = Field(min_length=1, max_length=1024)
-    body: str = Field(min_length=1, max_length=4096)
-    subtitle: str | None = _text(1024)
-    image_url: str | None = _text(2048)
-    deeplink: str | None = _text(2048)
-    sound: str | None = _text(256)
-    badge: int | None = Field(None, ge=0, le=999_999)
-    thread_id: str | None = _text(256)
-    category: str | None = _text(256)
-    subject: str | None = _text(998)  # email; RFC 5322's line limit
-    html: str | None = _text(200_000)
-    text: str | None = _text(100_000)
+    title: SingleLine = Field(min_length=1, max_length=1024)
+    body: MultiLine = Field(min_length=1, max_length=4096)
+    subtitle: SingleLine | None = _text(1024)
+    image_url: SingleLine | None = _text(2048)
+    deeplink: Deeplink | None = _text(2048, description=DEEPLINK_DESCRIPTION)
+    sound: SingleLine | None = _text(256)
+    badge: StrictInt | None = Field(None, ge=0, le=999_999)
+    thread_id: SingleLine | None = _text(256)
+    category: SingleLine | None = _text(256)
+    subject: SingleLine | None = _text(998)  # email; RFC 5322's line limit
+    html: MultiLine | None = _text(200_000)
+    text: MultiLine | None = _text(100_000)
 
 
 class Template(BaseModel):
@@ -167,7 +174,7 @@ class Template(BaseModel):
     variables: dict[str, Variable] = Field(default_factory=dict, max_length=32)
     locales: dict[str, Content] = Field(min_length=1, max_length=200)
     version: int = Field(0, ge=0, description="Set by the store on every put")
-    ttl_s: int | None = Field(
+    ttl_s: StrictInt | None = Field(
         None,
         ge=0,
         le=28 * 24 * 3600,

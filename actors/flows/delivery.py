@@ -31,6 +31,7 @@ from actors.flows.base import Flow
 from actors.flows.limits import Limits
 from actors.flows.outcomes import Outcomes
 from actors.flows.shards import Shards
+from actors.flows.tokens import record_gone, with_tokens
 from actors.sender_pool import SenderPool
 from cluster import metrics
 from cluster.names import sender_name
@@ -167,7 +168,8 @@ class DeliveryStep(Flow):
         its next outcome is recorded.
 
         A delivery appears at most once per call (its furthest attempt): two copies would
-        each join both answers, and every retry round would then double its chains."""
+        each join both answers, and every retry round would then double its chains. Rows
+        from the retry set carry no token: it is looked up again (`actors.flows.tokens`)."""
         # Retry rows come back from JSON: optional columns untyped, or missing altogether.
         deliveries = (
             conform(deliveries)
@@ -176,12 +178,15 @@ class DeliveryStep(Flow):
         )
         if deliveries.height and (deliveries["lane"] == "marketing").any():
             deliveries = await self._drop_cancelled(deliveries, retry_members, retry_lane)
-        deliveries = await self._drop_unsendable(deliveries, retry_members, retry_lane)
+        deliveries, gone = await with_tokens(self.shards, deliveries)
+        deliveries = await self._drop_unsendable(deliveries, retry_members, retry_lane, gone)
         if deliveries.height == 0:
             return
         answered = await self._call(self._split(deliveries, await self.senders.sizes()))
-        pipe = atomic_pipeline(self.redis)
-        self.outcomes.record(answered, pipe)
+        first, pipe = self.redis.pipeline(transaction=False), atomic_pipeline(self.redis)
+        self.outcomes.record(answered, pipe, first)  # retries and dead letters go first
+        if len(first):
+            await first.execute()
         if retry_members:
             self.retries.done(retry_members, pipe, retry_lane)
         await pipe.execute()
@@ -191,17 +196,23 @@ class DeliveryStep(Flow):
             await self._fall_back(answered.filter(pl.col("lane") == "transactional"))
 
     async def _drop_unsendable(
-        self, deliveries: pl.DataFrame, retry_members: list | None, retry_lane: str
+        self,
+        deliveries: pl.DataFrame,
+        retry_members: list | None,
+        retry_lane: str,
+        gone: pl.DataFrame,
     ) -> pl.DataFrame:
         """Leave out pushes past their deadline, and retried order updates a newer update
-        has overtaken (`actors.flows.limits`); recorded with their reason. When nothing is
-        left, the retry members leave the set here (no outcome will be recorded)."""
-        if deliveries.height == 0:
-            return deliveries
-        kept, dropped = await self.limits.unsendable(deliveries, retry_members is not None)
-        if all(rows.height == 0 for rows in dropped.values()):
+        has overtaken (`actors.flows.limits`); recorded with their reason, as are the `gone`
+        rows (their device is no more). When nothing is left, the retry members leave the
+        set here (no outcome will be recorded)."""
+        kept, dropped = deliveries, {"expired": deliveries.clear()}
+        if deliveries.height:
+            kept, dropped = await self.limits.unsendable(deliveries, retry_members is not None)
+        if gone.height == 0 and all(rows.height == 0 for rows in dropped.values()):
             return kept
         pipe = atomic_pipeline(self.redis)
+        record_gone(self.state, self.counts, gone, pipe)
         self.limits.drop(dropped["expired"], "expired", pipe, "past its ttl_s")
         if "superseded" in dropped:
             self.limits.drop(

@@ -9,6 +9,8 @@ restarted router 0 resumes them from what they keep in Redis.
   (`actors.fanout_pool`), when the pool may grow at all.
 - Sender scaling: each lane's push senders sized to its backlog (`actors.sender_pool`),
   when a lane may have more than one replica.
+- Dead-token sweep: every `DEAD_SWEEP_S`, each shard deletes the dead tokens it kept for
+  `settings.protection.dead_token_keep_days` (`UserShard.sweep_dead_devices`).
 
 A failed round is logged and tried again; none of them ever stops the router.
 """
@@ -22,11 +24,13 @@ from dataclasses import dataclass
 
 from actors.fanout_pool import FanoutPool
 from actors.flows.base import Flow
+from actors.flows.shards import Shards
 from actors.sender_pool import SenderPool
 from cluster.state.feedback import FeedbackStore
 from pipelines import feedback_log
 
 log = logging.getLogger("herald.router")
+DEAD_SWEEP_S = 3600.0  # keep days are counted in days: an hourly sweep is exact enough
 
 
 @dataclass(eq=False)
@@ -34,10 +38,11 @@ class Housekeeping(Flow):
     feedback: FeedbackStore
     pool: FanoutPool
     senders: SenderPool
+    shards: Shards | None = None  # the router's, or handles of its own
 
     def loops(self) -> list[Coroutine]:
         """The loops this deployment needs (router 0 runs them)."""
-        loops = [self.export_feedback()]
+        loops = [self.export_feedback(), self.sweep_dead_tokens()]
         if self.settings.pool_max_workers > self.settings.fanout.workers:
             loops.append(self.shrink_pool())
         if self.settings.senders.replicas_max > 1:
@@ -80,3 +85,19 @@ class Housekeeping(Flow):
                 await self.senders.scale()
             except Exception:  # noqa: BLE001 - next round tries again
                 log.exception("router: sizing the sender pool failed; retrying")
+
+    async def sweep_dead_tokens(self) -> None:
+        """Each shard deletes its expired dead tokens: at start, then every DEAD_SWEEP_S."""
+        shards = self.shards or Shards(self.settings)
+        while True:
+            try:
+                calls = [
+                    shards.shard(index).sweep_dead_devices.remote()
+                    for index in range(self.settings.topology.shards)
+                ]
+                deleted = sum(await asyncio.gather(*calls))
+                if deleted:
+                    self.counts["dead_tokens_deleted"] += deleted
+            except Exception:  # noqa: BLE001 - next round tries again
+                log.exception("router: sweeping dead tokens failed; retrying")
+            await asyncio.sleep(DEAD_SWEEP_S)

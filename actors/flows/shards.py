@@ -13,9 +13,11 @@ import polars as pl
 import pyarrow as pa
 import ray
 
+from cluster import metrics
 from cluster.names import shard_name
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
+from pipelines.device_hygiene import skipped
 
 log = logging.getLogger("herald.router")
 
@@ -46,7 +48,10 @@ class Shards:
 
     async def audience(self, user_ids: list[str]) -> pl.DataFrame:
         """One row per (user, active device) with the user's preferences (`UserShard.lookup`):
-        one lookup call per shard that owns any of these users, all in parallel."""
+        one lookup call per shard that owns any of these users, all in parallel. Stale
+        devices are not among them; how many were left out is counted
+        (`herald_devices_skipped_total{reason="stale"}`) and kept per user
+        (`stale_devices`), so a notification that reaches no device can say why."""
         if not user_ids:
             return pl.DataFrame()
         calls = [
@@ -54,7 +59,9 @@ class Shards:
             for s, ids in self._by_owner(user_ids, user_ids).items()
         ]
         tables: list[pa.Table] = await asyncio.gather(*calls)
-        return pl.concat([pl.from_arrow(t) for t in tables], how="vertical_relaxed")
+        audience = pl.concat([pl.from_arrow(t) for t in tables], how="vertical_relaxed")
+        metrics.count_devices_skipped("stale", skipped(audience))
+        return audience
 
     async def wishers(self, product_ids: list[str]) -> pl.DataFrame:
         """Who wishes for these products, with devices and preferences: one call per shard
@@ -65,6 +72,7 @@ class Shards:
         shards = range(self.settings.topology.shards)
         calls = [self.shard(shard).wishers.remote(product_ids) for shard in shards]
         tables: list[pa.Table] = await asyncio.gather(*calls)
+        metrics.count_devices_skipped("stale", sum(skipped(pl.from_arrow(t)) for t in tables))
         holding = [s for s in shards if tables[s].num_rows]
         if not holding:
             return pl.from_arrow(tables[0])

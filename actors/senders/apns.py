@@ -10,15 +10,26 @@ What a request carries is decided by two pure functions, `apns_payload` (the JSO
 `apns_request` (the headers, through aioapns' request fields), from the row and its
 `rich` extras (`cluster.tables.deliveries.Rich`); a row without extras is an alert with
 title, body, sound "default" and the row's data keys, as before rich push.
+
+The auth key rotates without a restart (`actors.senders.credentials`): a changed
+`HERALD_APNS_KEY_FILE` makes a new aioapns client — new connections, new provider tokens —
+for the sends that follow, while the old one finishes what it has in flight. The key id
+goes with the file: a key file named as Apple names it, `AuthKey_<KEYID>.p8` (where the
+configured path points, when it is a symlink), carries its key id; any other name keeps
+`HERALD_APNS_KEY_ID`. So a rotation is: put the new `AuthKey_<NEW>.p8` beside the old one
+and re-point the configured path (a symlink) at it, or copy it over a file named so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -27,8 +38,11 @@ from aioapns import APNs, NotificationRequest, PushType
 from aioapns.connection import APNsProductionClientProtocol
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from aioapns.exceptions import MaxAttemptsExceeded
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from actors.senders.base import Answer, RateLimitedClient, answer_table, refused
+from actors.senders.credentials import CredentialFile, Generations
 from cluster.tables.deliveries import Rich, conform, parse_rich
 
 # Apple's reason → outcome. Anything not listed that is 5xx or 429 is "retry", else "failed".
@@ -50,6 +64,8 @@ OUTCOME_OF_REASON = {
     "BadTopic": "failed",
     "TopicDisallowed": "failed",
 }
+log = logging.getLogger("herald.sender")
+APPLE_KEY_FILE = re.compile(r"^AuthKey_([A-Za-z0-9]+)\.p8$")
 _ID_NAMESPACE = uuid.UUID("6f1d5c1e-6d1f-4b35-8f3c-2a7f4c8f9a10")
 PRIORITY = {"high": 10, "normal": 5}  # apns-priority of an alert push
 # What a request is built from, per delivery row.
@@ -112,6 +128,22 @@ def apns_request(row: dict[str, Any], rich: Rich, now: float) -> NotificationReq
     )
 
 
+def key_id_of(key_file: Path, configured: str | None) -> str | None:
+    """The key id of a key file: Apple's file name says it (`AuthKey_<KEYID>.p8`, the name
+    where a symlink points), else the configured `HERALD_APNS_KEY_ID`."""
+    match = APPLE_KEY_FILE.match(Path(key_file).resolve().name)
+    return match.group(1) if match else configured
+
+
+def _checked_key(content: bytes) -> str:
+    """The key as text, once it parses as the EC private key APNs wants (a file caught
+    half-written must not replace a working key)."""
+    key = serialization.load_pem_private_key(content, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("not an EC (ES256) private key")
+    return content.decode()
+
+
 def _protocol_for(host: str, port: int) -> type[APNsProductionClientProtocol]:
     return type(
         "HeraldApnsProtocol",
@@ -124,29 +156,66 @@ class ApnsClient(RateLimitedClient):
     """`PushClient` for APNs."""
 
     channel = "apns"
-    client: APNs | None = None
+    clients: Generations[APNs] | None = None
 
     async def start(self) -> None:
         """Inside the actor's loop: aioapns binds its pool to the running loop."""
         s = self.settings.apns
         if s.key_file is None:
             raise RuntimeError("HERALD_APNS_KEY_FILE is not set: cannot authenticate to APNs")
+        self.key_file = CredentialFile(s.key_file, self.settings.protection.credentials_check_s)
+        self.key_id = key_id_of(s.key_file, s.key_id)
+        if self.key_id != s.key_id:
+            log.warning(
+                "apns: key file %s names key id %s, not HERALD_APNS_KEY_ID", s.key_file, self.key_id
+            )
         context = ssl.create_default_context()
         if s.ca_file is not None:
             context.load_verify_locations(cafile=str(s.ca_file))
         context.set_alpn_protocols(["h2"])
-        self.client = APNs(
-            key=s.key_file.read_text(),
-            key_id=s.key_id,
+        self.ssl_context = context
+        client = self._client(_checked_key(self.key_file.read()), self.key_id)
+        self.clients = Generations(client, _close, grace_s=2 * s.timeout_s)
+        self.share_rate(1)
+        self.in_flight = asyncio.Semaphore(s.concurrency)
+
+    def _client(self, key: str, key_id: str | None) -> APNs:
+        s = self.settings.apns
+        client = APNs(
+            key=key,
+            key_id=key_id,
             team_id=s.team_id,
             topic=s.topic,
             max_connections=s.connections,
-            ssl_context=context,
+            ssl_context=self.ssl_context,
             err_func=self._quiet,
         )
-        self.client.pool.protocol_class = _protocol_for(s.host, s.port)
-        self.share_rate(1)
-        self.in_flight = asyncio.Semaphore(s.concurrency)
+        client.pool.protocol_class = _protocol_for(s.host, s.port)
+        return client
+
+    def reload_credentials(self, force: bool = False) -> dict[str, Any]:
+        """Take a changed key file (looked at every `credentials_check_s`, or now with
+        `force`): new requests use a client with the new key. What is in use, after."""
+        content = self.key_file.changed(force)
+        reloaded = False
+        if content is not None:
+            key_id = key_id_of(self.settings.apns.key_file, self.settings.apns.key_id)
+            try:
+                client = self._client(_checked_key(content), key_id)
+            except ValueError as error:
+                log.error(
+                    "apns: the new key file does not load, keeping key %s: %s", self.key_id, error
+                )
+            else:
+                self.key_file.accept(content)
+                self.clients.replace(client)
+                log.info("apns: now signing with key %s (was %s)", key_id, self.key_id)
+                self.key_id, reloaded = key_id, True
+        return {
+            "credential": self.key_id,
+            "fingerprint": self.key_file.fingerprint,
+            "reloaded": reloaded,
+        }
 
     async def _quiet(self, request: NotificationRequest, result: object) -> None:
         """Errors are outcomes we record, not log lines per notification."""
@@ -154,6 +223,7 @@ class ApnsClient(RateLimitedClient):
     async def send(self, batch: pa.Table) -> pa.Table:
         """Every row in flight at once (bounded by `apns_concurrency` and the limiter); a
         row whose `rich` is outside the contract is answered failed without a request."""
+        self.reload_credentials()
         frame = conform(pl.from_arrow(batch))
         riches, errors = parse_rich(frame["rich"])
         now = time.time()
@@ -173,7 +243,8 @@ class ApnsClient(RateLimitedClient):
                 # aioapns waits forever for an answer that never comes (a dropped stream):
                 # bound it, and a resend carries the same apns-id.
                 async with asyncio.timeout(self.settings.apns.timeout_s):
-                    result = await self.client.send_notification(request)
+                    with self.clients.use() as client:
+                        result = await client.send_notification(request)
             except (TimeoutError, ApnsConnectionError, MaxAttemptsExceeded, OSError) as e:
                 return "retry", type(e).__name__, None, time.time()
         outcome = outcome_of(str(result.status), result.description)
@@ -181,6 +252,10 @@ class ApnsClient(RateLimitedClient):
         return outcome, error, None, time.time()
 
     async def close(self) -> None:
-        """Close aioapns' connection pool."""
-        if self.client is not None:
-            self.client.pool.close()
+        """Close aioapns' connection pools (a replaced client's once it is idle)."""
+        if self.clients is not None:
+            await self.clients.close_all()
+
+
+async def _close(client: APNs) -> None:
+    client.pool.close()

@@ -24,6 +24,11 @@ What a message carries is decided by the pure `fcm_message`, from the row and it
 extras (`cluster.tables.deliveries.Rich`); a row without extras is today's message:
 notification title and body, the row's data, Android priority by lane and the
 notification id as collapse key.
+
+The service account rotates without a restart (`actors.senders.credentials`): a changed
+`HERALD_FCM_CREDENTIALS_FILE` (a new key of the account, or another account of the
+project) makes a new firebase app — its own OAuth token, its own HTTP/2 connections — for
+the sends that follow; the old app finishes what it has in flight and is then deleted.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from firebase_admin.messaging import (
 )
 
 from actors.senders.base import Answer, RateLimitedClient, answer_table
+from actors.senders.credentials import CredentialFile, Generations
 from cluster.tables.deliveries import Rich, conform, parse_rich
 
 log = logging.getLogger("herald.sender")
@@ -162,53 +168,92 @@ class FcmClient(RateLimitedClient):
     """`PushClient` for FCM."""
 
     channel = "fcm"
-    app: firebase_admin.App | None = None
+    apps: Generations[firebase_admin.App] | None = None
     ca_bundle: Path | None = None
 
     async def start(self) -> None:
-        """Its own firebase app (a unique name per client), pointed at the configured
+        """Its own firebase app (a unique name per app), pointed at the configured
         endpoint, with our httpx client (`_own_http_client`)."""
         s = self.settings.fcm
         if s.credentials_file is None:
             raise RuntimeError("HERALD_FCM_CREDENTIALS_FILE is not set: cannot authenticate")
-        credential = credentials.Certificate(str(s.credentials_file))
-        self.app = firebase_admin.initialize_app(
-            credential, options={"projectId": s.project_id}, name=f"herald-{uuid.uuid4()}"
-        )
-        service = messaging._get_messaging_service(self.app)
-        service._fcm_url = f"{s.endpoint.rstrip('/')}/v1/projects/{s.project_id}/messages:send"
-        self._own_http_client(service, s.ca_file)
+        check_s = self.settings.protection.credentials_check_s
+        self.account_file = CredentialFile(s.credentials_file, check_s)
+        self.verify = self._verify(s.ca_file)
+        app, self.key_id = self._app(self.account_file.read())
+        self.apps = Generations(app, _delete_app, grace_s=60.0)
         self.share_rate(1)
         # send_each_async puts a whole chunk in flight: chunk size is the concurrency bound.
         self.chunk = min(BATCH, s.concurrency)
         self.in_flight = asyncio.Semaphore(max(1, s.concurrency // self.chunk))
 
-    def _own_http_client(self, service: messaging._MessagingService, ca_file: Path | None) -> None:
+    def _app(self, content: bytes) -> tuple[firebase_admin.App, str | None]:
+        """A firebase app of the service account `content` (raises ValueError when it is
+        not one) and the account key's id."""
+        s = self.settings.fcm
+        account = json.loads(content)
+        credential = credentials.Certificate(account)
+        app = firebase_admin.initialize_app(
+            credential, options={"projectId": s.project_id}, name=f"herald-{uuid.uuid4()}"
+        )
+        service = messaging._get_messaging_service(app)
+        service._fcm_url = f"{s.endpoint.rstrip('/')}/v1/projects/{s.project_id}/messages:send"
+        self._own_http_client(service)
+        return app, account.get("private_key_id")
+
+    def reload_credentials(self, force: bool = False) -> dict[str, Any]:
+        """Take a changed service-account file (looked at every `credentials_check_s`, or
+        now with `force`): new sends use an app with it. What is in use, after."""
+        content = self.account_file.changed(force)
+        reloaded = False
+        if content is not None:
+            try:
+                app, key_id = self._app(content)
+            except (ValueError, KeyError, TypeError) as error:  # not a service account
+                log.error(
+                    "fcm: the new service account does not load, keeping %s: %s", self.key_id, error
+                )
+            else:
+                self.account_file.accept(content)
+                self.apps.replace(app)
+                log.info("fcm: now authenticating with key %s (was %s)", key_id, self.key_id)
+                self.key_id, reloaded = key_id, True
+        return {
+            "credential": self.key_id,
+            "fingerprint": self.account_file.fingerprint,
+            "reloaded": reloaded,
+        }
+
+    def _verify(self, ca_file: Path | None) -> ssl.SSLContext | bool:
+        """What the httpx clients verify with: the default roots, or — with an extra CA —
+        a bundle of certifi's roots plus it, which google-auth's `requests` session (OAuth
+        tokens) reads through REQUESTS_CA_BUNDLE; the file is removed at close."""
+        if ca_file is None:
+            return True
+        fd, name = tempfile.mkstemp(prefix="herald-fcm-ca-", suffix=".pem")
+        with os.fdopen(fd, "w") as bundle:
+            bundle.write(Path(certifi.where()).read_text() + "\n" + ca_file.read_text())
+        self.ca_bundle = Path(name)
+        os.environ["REQUESTS_CA_BUNDLE"] = name
+        return ssl.create_default_context(cafile=name)
+
+    def _own_http_client(self, service: messaging._MessagingService) -> None:
         """Replace firebase-admin's httpx client: no inner retries, and the extra CA trusted
         when one is configured."""
-        verify: ssl.SSLContext | bool = True
-        if ca_file is not None:
-            # google-auth's `requests` session (OAuth tokens) reads a bundle file, so both
-            # clients trust certifi's roots plus the extra CA; the file is removed at close.
-            fd, name = tempfile.mkstemp(prefix="herald-fcm-ca-", suffix=".pem")
-            with os.fdopen(fd, "w") as bundle:
-                bundle.write(Path(certifi.where()).read_text() + "\n" + ca_file.read_text())
-            self.ca_bundle = Path(name)
-            os.environ["REQUESTS_CA_BUNDLE"] = name
-            verify = ssl.create_default_context(cafile=name)
         wrapper = service._async_client
         wrapper._async_client = httpx.AsyncClient(
             http2=True,
             timeout=wrapper._timeout,
             headers=wrapper._headers,
             auth=GoogleAuthCredentialFlow(service._credential),
-            transport=HttpxRetryTransport(retry=HttpxRetry(max_retries=0), verify=verify),
+            transport=HttpxRetryTransport(retry=HttpxRetry(max_retries=0), verify=self.verify),
             trust_env=False,
         )
 
     async def send(self, batch: pa.Table) -> pa.Table:
         """Chunks of at most `BATCH` messages (`send_each_async`'s limit) in flight at once;
         a row whose `rich` is outside the contract is answered failed and not sent."""
+        self.reload_credentials()
         frame = conform(pl.from_arrow(batch))
         riches, errors = parse_rich(frame["rich"])
         now = time.time()
@@ -231,7 +276,8 @@ class FcmClient(RateLimitedClient):
         async with self.in_flight:
             await self.limiter.acquire(min(len(chunk), self.limiter.max_rate))
             try:
-                response = await messaging.send_each_async(chunk, app=self.app)
+                with self.apps.use() as app:
+                    response = await messaging.send_each_async(chunk, app=app)
             except (exceptions.FirebaseError, httpx.HTTPError, OSError) as exc:
                 now = time.time()
                 if tls_refused(exc):
@@ -249,16 +295,21 @@ class FcmClient(RateLimitedClient):
         return out
 
     async def close(self) -> None:
-        """firebase-admin closes its async client with `asyncio.run`, which cannot run inside
-        our loop: close it here, then let `delete_app` do the rest from a thread."""
-        if self.app is not None:
-            service = messaging._get_messaging_service(self.app)
-            await service._async_client.aclose()
-            await asyncio.to_thread(firebase_admin.delete_app, self.app)
-            self.app = None
+        """Delete the apps (a replaced one's once it is idle), then the CA bundle."""
+        if self.apps is not None:
+            await self.apps.close_all()
+            self.apps = None
         if self.ca_bundle is not None:
             self.ca_bundle.unlink(missing_ok=True)
             self.ca_bundle = None
+
+
+async def _delete_app(app: firebase_admin.App) -> None:
+    """firebase-admin closes its async client with `asyncio.run`, which cannot run inside
+    our loop: close it here, then let `delete_app` do the rest from a thread."""
+    service = messaging._get_messaging_service(app)
+    await service._async_client.aclose()
+    await asyncio.to_thread(firebase_admin.delete_app, app)
 
 
 def _reason(error: Exception) -> str:

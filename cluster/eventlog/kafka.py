@@ -160,7 +160,7 @@ class KafkaEventLog:
             sends = [
                 await producer.send(
                     self.topic(lane),
-                    json.dumps(event, separators=(",", ":")).encode(),
+                    json.dumps(event, separators=(",", ":"), allow_nan=False).encode(),
                     # By partition key: a user's events share a partition (and keep their
                     # order); a replay lands in the same partition as the original.
                     key=partition_key(event).encode(),

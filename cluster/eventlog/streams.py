@@ -51,7 +51,7 @@ return out
 
 
 def _dumps(event: dict) -> str:
-    return json.dumps(event, separators=(",", ":"))
+    return json.dumps(event, separators=(",", ":"), allow_nan=False)
 
 
 class RedisEventLog:
@@ -116,7 +116,7 @@ class RedisEventLog:
         pipe = self.redis.pipeline(transaction=False)
         for lane, event, accepted_at in events:
             stream = self.stream(lane, partition_for(self.settings, event))
-            pipe.xadd(stream, {"e": json.dumps(event), "at": repr(accepted_at)})
+            pipe.xadd(stream, {"e": json.dumps(event, allow_nan=False), "at": repr(accepted_at)})
         await pipe.execute()
 
     async def accepted_at(self, event_id: str) -> float | None:

@@ -97,7 +97,7 @@ class CampaignStore:
         """Store and schedule a campaign. (created, previous spec JSON when it existed)."""
         now = time.time()
         send_at = max(now, spec.get("send_at") or now)
-        body = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        body = json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)
         previous = await self._create(
             keys=[self.key(spec["campaign_id"]), self.due_key],
             args=[body, now, send_at, spec["campaign_id"]],

@@ -23,6 +23,13 @@ cache is empty) loads it again and runs those calls once more — a `NOSCRIPT` c
 not run, so running it again is not a duplicate. The same stores therefore run on one
 Redis exactly as before, and on a cluster with one pipeline per batch (redis-py sends each
 node its share concurrently).
+
+**Credentials and TLS.** Every client — the pooled ones, the pub/sub one, the streams'
+slots (`cluster.state.live`) — takes its options from `connection_options`: the ACL user
+and password (`HERALD_REDIS_USERNAME`, `HERALD_REDIS_PASSWORD`; credentials written in the
+URL win, so a URL with its own keeps working) and, for a `rediss://` URL, the CA bundle
+that verifies the server's certificate (`HERALD_REDIS_CA_FILE`; the hostname is checked
+too). Without a CA file a `rediss://` URL is verified against the system's roots.
 """
 
 from __future__ import annotations
@@ -67,6 +74,24 @@ def _nodes(settings: HeraldSettings) -> tuple[str, list[tuple[str, int]]]:
     return urlunsplit((scheme, first, parts.path, parts.query, "")), nodes
 
 
+def connection_options(settings: HeraldSettings) -> dict[str, Any]:
+    """Credentials and TLS verification every connection to Herald's Redis takes (see the
+    module docstring), as keyword arguments of redis-py's `from_url`."""
+    state = settings.state
+    options: dict[str, Any] = {}
+    if state.redis_username:
+        options["username"] = state.redis_username
+    if state.redis_password:
+        options["password"] = state.redis_password
+    scheme = urlsplit(state.redis_url).scheme
+    if CLUSTER_SCHEMES.get(scheme, scheme) == "rediss":
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = True
+        if state.redis_ca_file is not None:
+            options["ssl_ca_certs"] = str(state.redis_ca_file)
+    return options
+
+
 def _options(settings: HeraldSettings, retry_class: type[Retry] | type[AsyncRetry]) -> dict:
     """The one configuration of every client (see the module docstring); only the Retry
     class differs, because redis-py's asyncio client needs its own."""
@@ -75,6 +100,7 @@ def _options(settings: HeraldSettings, retry_class: type[Retry] | type[AsyncRetr
         "health_check_interval": HEALTH_CHECK_S,
         "retry": retry_class(ExponentialBackoff(cap=1.0, base=0.05), RETRIES),
         "retry_on_error": [ConnectionError, TimeoutError],
+        **connection_options(settings),
     }
 
 
@@ -189,5 +215,6 @@ def pubsub_client(settings: HeraldSettings) -> aioredis.Redis:
         max_connections=PUBSUB_CONNECTIONS,
         timeout=5,
         health_check_interval=HEALTH_CHECK_S,
+        **connection_options(settings),
     )
     return aioredis.Redis(connection_pool=pool)

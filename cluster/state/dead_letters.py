@@ -1,6 +1,10 @@
 """The dead-letter stream: deliveries that ran out of attempts or can never succeed, and
 events no router can process — each with its reason, kept until an operator replays or
-drops them (`herald dlq list | replay`)."""
+drops them (`herald dlq list | replay`).
+
+A delivery is kept as the retry set keeps it, without its device token
+(`cluster.state.retries.UNSTORED`): a replay puts it back on the retry schedule, and the
+delivery step looks the token up again by device id when it is sent."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from cluster.eventlog import open_event_log
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.state.clients import atomic_pipeline, sync_client
+from cluster.state.retries import UNSTORED
 
 KINDS = ("delivery", "event", "kafka")  # kafka: a record no contract could parse
 
@@ -24,7 +29,10 @@ def dlq_key(settings: HeraldSettings) -> str:
 
 
 def dead_letter_fields(kind: str, body: dict[str, Any], reason: str) -> dict[str, str]:
-    """The fields of one dead-letter entry (XADD them on whatever client or pipeline)."""
+    """The fields of one dead-letter entry (XADD them on whatever client or pipeline); a
+    delivery's without its token."""
+    if kind == "delivery":
+        body = {name: value for name, value in body.items() if name not in UNSTORED}
     return {"kind": kind, "body": json.dumps(body, sort_keys=True), "reason": reason,
             "at": repr(time.time())}  # fmt: skip
 
@@ -74,6 +82,8 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
             continue  # unparseable bytes: replaying cannot help; fix the producer
         if fields[b"kind"] == b"delivery":
             body.pop("attempts", None)
+            for name in UNSTORED:  # an entry written before tokens were left out
+                body.pop(name, None)
             body["attempt"] = 0
             pipe.zadd(keys.retries(settings), {json.dumps(body, sort_keys=True): time.time()})
             _mark_retrying(client, pipe, keys.notification(settings, body["notification_id"]), body)

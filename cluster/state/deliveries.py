@@ -81,7 +81,7 @@ class DeliveryState:
         pipe = self.redis.pipeline(transaction=False)
         for row in meta.iter_rows(named=True):
             key = self.key(row["notification_id"])
-            pipe.hset(key, "meta", json.dumps({**row, "routed_at": now}))
+            pipe.hset(key, "meta", json.dumps({**row, "routed_at": now}, allow_nan=False))
             pipe.expire(key, ttl)
         if suppressed.height:
             for nid, reason in suppressed.select("notification_id", "reason").iter_rows():

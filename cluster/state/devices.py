@@ -52,3 +52,24 @@ def write_owners(
         flat[1::2] = user_ids[start:stop]
         pipe.execute_command("HSET", key, *flat)
     pipe.execute()
+
+
+def forget_owned(
+    settings: HeraldSettings,
+    client: redis.Redis,
+    device_ids: Sequence[str],
+    user_ids: Sequence[str],
+) -> int:
+    """Drop the index entries of devices a shard deleted (expired dead tokens) — only those
+    still pointing at the user whose row went, so a token another user registered since
+    keeps its new owner. One HMGET, then one HDEL; returns the entries removed."""
+    if not device_ids:
+        return 0
+    key = keys.device_owners(settings)
+    current = client.hmget(key, list(device_ids))
+    mine = [
+        device
+        for device, user, owner in zip(device_ids, user_ids, current, strict=True)
+        if owner is not None and owner.decode() == user
+    ]
+    return client.hdel(key, *mine) if mine else 0

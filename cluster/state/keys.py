@@ -33,6 +33,7 @@ layout, by owner (prefix left out):
 | `{templates}` (+ `:versions`, `:generation`) | hash id → JSON, hash, counter | templates |
 | `{o:<order_id>}:latest` | hash: newest update routed | order updates (`state.orders`) |
 | `{push_minute:<epoch minute>}` | hash user → transactional pushes | per-user push limit |
+| `{erasures}`, `{erasures}:lock` | stream, string | erasure audit, erasure lock (`state.erasure_audit`) |
 
 Every key of one log partition carries the hash tag `{<lane>:<partition>}`, so the append
 script (idempotency key + XADD) and a lease's scripts each touch one Redis Cluster slot.
@@ -220,3 +221,56 @@ def layout_version(settings: HeraldSettings) -> str:
     """Which key layout the deployment's data is in (`cluster.state.layout`): set once the
     move to hash-tagged keys is done, so later starts skip the scan."""
     return _key(settings, "{layout}", "version")
+
+
+def erasure_audit(settings: HeraldSettings) -> str:
+    """The erasure audit stream (`state.erasure`): who erased which user (hashed) when,
+    and what was removed. Its own tag: nothing else is written with it."""
+    return _tagged(settings, "erasures")
+
+
+# SCAN patterns of the key families an erasure sweeps (`state.erasure`). Each matches only
+# keys the builder above of the same family makes; prefix and ids are glob-escaped.
+def _glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def notifications_match(settings: HeraldSettings) -> str:
+    """Every notification's delivery state (`notification`)."""
+    return _glob(settings.state.key_prefix) + "{ntf:*}"
+
+
+def campaign_reach_match(settings: HeraldSettings) -> str:
+    """Every campaign's set of users reached (`campaign(..., "users")`)."""
+    return _glob(settings.state.key_prefix) + "{c:*}:users"
+
+
+def price_drop_reach_match(settings: HeraldSettings) -> str:
+    """Every price drop's set of users reached (`price_drop_users`)."""
+    return _glob(settings.state.key_prefix) + "{pd:*}:users"
+
+
+def frequency_match(settings: HeraldSettings) -> str:
+    """Every day's marketing counters (`frequency`)."""
+    return _glob(settings.state.key_prefix) + "{freq:*}"
+
+
+def push_minute_match(settings: HeraldSettings) -> str:
+    """Every minute's push counters (`push_minute`)."""
+    return _glob(settings.state.key_prefix) + "{push_minute:*}"
+
+
+def order_latest_match(settings: HeraldSettings) -> str:
+    """Every order's newest update (`order_latest`)."""
+    return _glob(settings.state.key_prefix) + "{o:*}:latest"
+
+
+def user_keys_match(settings: HeraldSettings, user_id: str) -> str:
+    """Every per-user key of one user (`{u:<user_id>}:…`: inbox, read set, stream slots)."""
+    return _glob(settings.state.key_prefix) + "{u:" + _glob(user_id) + "}:*"
+
+
+def erasure_lock(settings: HeraldSettings) -> str:
+    """Held while an erasure rewrites the feedback log's files: two at once would each
+    write back the other's user (`state.erasure_audit`)."""
+    return _tagged(settings, "erasures", "lock")

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from cluster.settings import HeraldSettings
 from cluster.state import keys
-from cluster.state.clients import is_cluster, pubsub_client
+from cluster.state.clients import connection_options, is_cluster, pubsub_client
 
 log = logging.getLogger("herald.stream")
 
@@ -58,6 +58,7 @@ def stream_clients(
         max_connections=SLOT_CONNECTIONS,
         timeout=SLOT_WAIT_S,
         health_check_interval=5,
+        **connection_options(settings),
     )
     return pubsub_client(settings), aioredis.Redis(connection_pool=pool)
 

@@ -11,6 +11,10 @@ transactional one is what dead-letter replays feed, and an older deployment's ba
 key is moved to it at bootstrap, `cluster.state.layout`), and routers take due retries per
 lane, so a backlog of marketing retries never holds up an order update's retry. Every row
 carries its lane, and is re-sent through that lane's senders whichever set it came from.
+
+A row is stored without its device token (`UNSTORED`): the device id names it, and the
+delivery step looks the token up again in the owning shard when the retry is due, so a
+device unregistered meanwhile is not pushed to, and no token sits in Redis in the clear.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import redis.asyncio as aioredis
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.vocabulary import LANES
+
+# Delivery columns never written to the retry set (nor the dead letters, which share it).
+UNSTORED = ("token",)
 
 # Due members of a sorted set, their scores pushed out to a lease's end in the same call:
 # the lease pattern retries and campaigns share.
@@ -44,6 +51,11 @@ def backoff_s(settings: HeraldSettings, attempt: int, retry_after_s: float | Non
     return max(delay, retry_after_s or 0.0)
 
 
+def stored(rows: pl.DataFrame) -> pl.DataFrame:
+    """Delivery rows as the retry set and the dead letters keep them: without a token."""
+    return rows.drop(UNSTORED, strict=False)
+
+
 class RetrySchedule:
     def __init__(self, settings: HeraldSettings, client: aioredis.Redis) -> None:
         self.settings = settings
@@ -57,14 +69,14 @@ class RetrySchedule:
     def schedule(self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline) -> None:
         """Queue DELIVERIES rows (plus `attempt` done so far and `retry_after_s`) on `pipe`."""
         now = time.time()
-        for row in rows.iter_rows(named=True):
+        for row in stored(rows).iter_rows(named=True):
             due = now + backoff_s(self.settings, row["attempt"], row.pop("retry_after_s", None))
             pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
 
     def defer(self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline) -> None:
         """Queue DELIVERIES rows (plus `attempt` and `send_after`, epoch s) to be sent first
         at `send_after`: quiet hours hold a campaign's push in the same durable set."""
-        for row in rows.iter_rows(named=True):
+        for row in stored(rows).iter_rows(named=True):
             due = row.pop("send_after")
             pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
 

@@ -72,7 +72,9 @@ class TemplateStore:
         …; never reused), and bump the generation. Returns the version. A `version` key in
         `template` is ignored: the store assigns it."""
         body = {k: v for k, v in template.items() if k not in ("version", "template_id")}
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
         keys_ = [self.items_key, self.versions_key, self.generation_key]
         return int(await self._put(keys=keys_, args=[template["template_id"], text]))
 

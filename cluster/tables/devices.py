@@ -1,4 +1,10 @@
-"""The devices table a UserShard holds: one row per registered device."""
+"""The devices table a UserShard holds: one row per registered device.
+
+`last_seen_at` is when the app last showed it is alive: set on registration (the API, the
+bulk import) and moved on by heartbeats. A device not seen for
+`settings.protection.device_stale_days` gets no pushes (`pipelines.device_hygiene`). Rows
+stored before the column existed have none; a shard fills it from `updated_at` when it
+loads them (their last registration, re-registration or deactivation)."""
 
 import hashlib
 
@@ -15,6 +21,7 @@ DEVICES = pa.schema(
         pa.field("timezone", pa.string()),
         pa.field("active", pa.bool_(), nullable=False),  # False once unregistered or dead
         pa.field("updated_at", pa.float64(), nullable=False),
+        pa.field("last_seen_at", pa.float64()),  # epoch s: registration or last heartbeat
     ]
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ops.cli import data, dead_letters, model, stack, token
+from ops.cli import data, dead_letters, keys, model, stack, token
 
 app = typer.Typer(help="Herald: personalized notification fan-out on Ray.", no_args_is_help=True)
 
@@ -20,5 +20,6 @@ app.command()(stack.status)
 app.add_typer(dead_letters.app, name="dlq")
 app.add_typer(model.app, name="model")
 app.add_typer(token.app, name="token")
+app.add_typer(keys.app, name="keys")
 
 __all__ = ["app"]

@@ -13,7 +13,10 @@ from ops.demo import StackInfo
 
 DEFAULT_DATA_DIR = Path(".herald")
 
-DataDir = Annotated[Path, typer.Option(help="Where the local stack keeps its state.")]
+# HERALD_DATA_DIR too, as the settings read it: the flag wins, then the variable.
+DataDir = Annotated[
+    Path, typer.Option(envvar="HERALD_DATA_DIR", help="Where the local stack keeps its state.")
+]
 
 
 def stack_settings(data_dir: Path):

@@ -6,6 +6,7 @@ imported only by the commands that start one: `herald --help` stays fast."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 
 from ops.cli.common import DEFAULT_DATA_DIR, DataDir
 from ops.cli.token import stack_token_settings
-from ops.demo import StackInfo, run_scenario, seed
+from ops.demo import STACK_FILE, StackInfo, run_scenario, seed
 
 
 def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool):
@@ -46,6 +47,10 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
         ca_file=str(stack.settings.apns.ca_file),
         redis_url=stack.settings.state.redis_url,
     )
+    # It holds the admin key: the owner's only, from before the first byte is written.
+    recorded = stack.data_dir / STACK_FILE
+    recorded.touch(mode=0o600)
+    os.chmod(recorded, 0o600)
     info.save(stack.data_dir)
     return stack, info
 
@@ -96,7 +101,9 @@ def _print_banner(info: StackInfo) -> None:
 
 
 def run(
-    port: Annotated[int, typer.Option(help="HTTP port of the API.")] = 8000,
+    port: Annotated[
+        int, typer.Option(envvar="HERALD_HTTP_PORT", help="HTTP port of the API.")
+    ] = 8000,
     shards: Annotated[int, typer.Option(help="Number of UserShard actors.")] = 4,
     data_dir: DataDir = DEFAULT_DATA_DIR,
     dashboard: Annotated[bool, typer.Option(help="Start Ray's dashboard too.")] = True,

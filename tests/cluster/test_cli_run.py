@@ -165,21 +165,32 @@ def _describe(process: psutil.Process) -> str:
         return f"{process.pid} (gone)"
 
 
+def _assert_secrets_are_the_owners(data_dir: Path) -> None:
+    """What `herald run` wrote that holds a secret is 0600, the data dir and Redis's 0700."""
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "redis").stat().st_mode & 0o777 == 0o700
+    secrets = [
+        data_dir / "stack.json",  # the admin key
+        data_dir / "pki" / "server.key",
+        data_dir / "pki" / "fcm-service-account.json",
+        *(data_dir / "pki").glob("AuthKey_*.p8"),
+        *[p for p in (data_dir / "redis").rglob("*") if p.is_file()],  # AOF, password
+        *data_dir.glob("data-keys.json"),
+    ]
+    assert len(secrets) >= 7, secrets
+    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in secrets if p.stat().st_mode & 0o077}
+    assert not loose, loose
+
+
 def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path: Path):
     data_dir = tmp_path / "herald"
     log = tmp_path / "herald-run.stderr"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
-    command = _herald() + [
-        "run",
-        "--port",
-        str(free_port()),
-        "--no-dashboard",
-        "--data-dir",
-        str(data_dir),
-        "--shards",
-        "2",
-    ]
+    # Port and data dir from the environment, as every other setting (the flags win too).
+    port = free_port()
+    env["HERALD_HTTP_PORT"], env["HERALD_DATA_DIR"] = str(port), str(data_dir)
+    command = _herald() + ["run", "--no-dashboard", "--shards", "2"]
     seen: list[str] = []
     started = time.monotonic()
     with log.open("w") as stderr:
@@ -194,7 +205,8 @@ def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path
         banner_s = time.monotonic() - started
         api_url, api_key = named["API"], named["API key"]
         apns_url, fcm_url = named["APNs emulator"], named["FCM emulator"]
-        assert api_url.startswith("http://127.0.0.1:"), named
+        assert api_url == f"http://127.0.0.1:{port}", named
+        _assert_secrets_are_the_owners(data_dir)
         assert apns_url.startswith("https://127.0.0.1:"), named
         assert fcm_url.startswith("https://127.0.0.1:"), named
         ca_file = data_dir / "pki" / "ca.pem"

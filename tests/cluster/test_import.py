@@ -4,6 +4,7 @@ shards in a fresh Ray namespace under a fresh Redis key prefix."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ from actors.user_shard import SNAPSHOT_PREFERENCES, UserShard
 from cluster.names import shard_name
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
+from cluster.state import keys
+from cluster.state.clients import sync_client
+from cluster.state.sealing import kid_of
 from cluster.tables.devices import device_id_for
 from cluster.tables.preferences import DEFAULTS
 from models import synth
@@ -41,6 +45,9 @@ def env(tmp_path_factory) -> Iterator[dict]:
         key_prefix=f"test-import-{tag}:",
         namespace=f"test-import-{tag}",
         shards=SHARDS,
+        # the shards seal tokens at rest: a generated data key, as on the local stack
+        data_dir=tmp_path_factory.mktemp("import-data"),
+        dev_mode=True,
     )
     # num_cpus=0: schedulable next to a session stack that holds every CPU.
     shards = [
@@ -140,6 +147,21 @@ def test_every_user_in_its_own_shard_snapshot_with_its_values(env):
     check = users.join(wished, on="user_id", how="inner")
     assert check.height == wished.height
     assert (check["wishlist"].list.len() == check["n"]).all()
+
+
+def test_imported_tokens_reach_redis_sealed_and_the_snapshot_opened(env):
+    source = env["tables"]["devices"]
+    client = sync_client(env["settings"])
+    stored = [
+        json.loads(value)
+        for s in range(SHARDS)
+        for value in client.hvals(keys.shard_table(env["settings"], s, "devices"))
+    ]
+    assert len(stored) == source.height
+    assert all(kid_of(row["token"]) is not None for row in stored)
+    assert not set(source["token"]) & {row["token"] for row in stored}
+    snapshot = pl.concat([_frames(s)[1] for s in _snapshots(env["shards"])])
+    assert set(snapshot["token"]) == set(source["token"])
 
 
 def test_devices_snapshot_active_only_with_http_ids(env):

@@ -149,3 +149,30 @@ def test_a_client_ping_is_answered_and_readiness_is_unaffected(stack, uid):
         ws.send(json.dumps({"type": "ping"}))
         assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
     assert httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_answering_is_closed_and_leaves_nothing(stack, uid):
+    """A client whose network went away without a close (it reads nothing and answers no
+    ping) is closed with 4408 after two missed heartbeats (`api.live.IDLE_S`), and its
+    Redis subscription and stream slot are released: it cannot hold them for ever."""
+    from api.live import CLOSE_IDLE, IDLE_S
+
+    user = f"idle-{uid}"
+    client = sync_client(stack.settings)
+    started = time.monotonic()
+    with connect(ws_url(stack, user), additional_headers=ADMIN, ping_interval=None) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
+        assert subscribers(client, stack.settings, [user]) == 1
+        assert client.zcard(keys.user_stream_slots(stack.settings, user)) == 1
+        pings = 0
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # read (the server's pings arrive) but never answer
+                message = json.loads(ws.recv(timeout=IDLE_S + 30))
+                pings += message["type"] == "ping"
+    waited = time.monotonic() - started
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_IDLE
+    assert pings >= 2, f"closed after {pings} heartbeat(s)"
+    assert IDLE_S <= waited < IDLE_S + 30, f"closed after {waited:.0f} s"
+    wait_for(lambda: subscribers(client, stack.settings, [user]) == 0, 10, "subscription kept")
+    assert client.zcard(keys.user_stream_slots(stack.settings, user)) == 0, "stream slot kept"

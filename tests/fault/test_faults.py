@@ -357,26 +357,28 @@ def test_redis_killed_and_restarted(stack, scenario):
 
 @pytest.mark.eventlog
 def test_redis_cluster_master_killed_and_restarted(stack, scenario, request):
-    """The cluster pass (`HERALD_TEST_REDIS=cluster`): one of the three masters is SIGKILLed
-    mid-stream and started again 2 s later from its AOF and cluster config. Its slots are
+    """The cluster pass (`HERALD_TEST_REDIS=cluster`): one of the three masters, the one
+    holding the transactional retry set, is SIGKILLed mid-stream and started again 2 s
+    later from its AOF and cluster config. Its slots are
     down meanwhile (no replica takes over), so ingestion, routing and recording fail for a
     third of the keys and are retried: every accepted event still reaches its phone and
     its inbox, once.
 
-    Not in `make test` yet: in one of two clean-clone runs (2026-12-02) every push arrived
-    but 6 of 5,000 inbox items were missing after the restart — a loss not found yet (see
-    issue 15's note). Run it with HERALD_TEST_MASTER_KILL=1 on the cluster pass."""
+    It once lost inbox items: the outcome pipeline wrote a `retrying` status on a live
+    master while the retry set's master was the one down, and the redelivered entry then
+    skipped the delivery as the retry schedule's. Retries now go first
+    (`actors.flows.outcomes.Outcomes.record`)."""
     if os.environ.get("HERALD_TEST_REDIS") != "cluster":
         pytest.skip("needs the Redis Cluster pass (HERALD_TEST_REDIS=cluster)")
-    if not os.environ.get("HERALD_TEST_MASTER_KILL"):
-        pytest.skip("known inbox loss on a master restart, under investigation (issue 15)")
     cluster = request.getfixturevalue("redis_cluster")
     s = scenario()
+    # The master holding the transactional retry set: the hardest one to lose.
+    victim = cluster.node_of(keys.retries(stack.settings))
 
     def fault() -> None:
-        cluster.kill(1)
+        cluster.kill(victim)
         time.sleep(2)
-        cluster.restart(1)
+        cluster.restart(victim)
 
     s.post_all(fault_at=0.5, fault=fault)
     s.check("redis_cluster_master_restart")

@@ -42,6 +42,10 @@ AUDIENCE = "herald"
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 SCOPE = {
     ("GET", "/v1/admin/stats"): "admin",
+    ("POST", "/v1/admin/credentials/reload"): "admin",
+    ("GET", "/v1/admin/erasures"): "admin",
+    ("DELETE", "/v1/users/{user_id}"): "admin",
+    ("GET", "/v1/users/{user_id}/export"): "admin",
     ("GET", "/v1/models"): "admin",
     ("POST", "/v1/models/{version}/shadow"): "admin",
     ("DELETE", "/v1/models/shadow"): "admin",
@@ -53,6 +57,7 @@ SCOPE = {
     ("DELETE", "/v1/templates/{template_id}"): "admin",
     ("POST", "/v1/devices"): "ingest",
     ("DELETE", "/v1/devices/{device_id}"): "ingest",
+    ("POST", "/v1/devices/{device_id}/heartbeat"): "ingest",
     ("PUT", "/v1/users/{user_id}"): "ingest",
     ("PUT", "/v1/users/{user_id}/preferences"): "ingest",
     ("PUT", "/v1/users/{user_id}/wishlist"): "ingest",
@@ -72,6 +77,7 @@ SCOPE = {
     ("PUT", "/v1/me/preferences"): "user",
     ("POST", "/v1/me/devices"): "user",
     ("DELETE", "/v1/me/devices/{device_id}"): "user",
+    ("POST", "/v1/me/devices/{device_id}/heartbeat"): "user",
     ("POST", "/v1/me/feedback"): "user",
 }
 SPEC = serve_app.api.openapi()

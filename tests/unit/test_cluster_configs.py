@@ -226,10 +226,15 @@ def test_serve_config_deployment_options():
     assert ingress["max_ongoing_requests"] >= autoscaling["target_ongoing_requests"]
 
 
-def test_serve_config_imports_and_builds_with_its_args():
+def test_serve_config_imports_and_builds_with_its_args(monkeypatch):
     """Serve's own builder call: import the path, validate `args` against the builder's
-    annotated model (HeraldArgs, extra=forbid), build. Binding starts nothing."""
+    annotated model (HeraldArgs, extra=forbid), build. Binding starts nothing. The secrets
+    come from the nodes' environment, as in a deployment (without them the builder refuses,
+    `api.credentials`)."""
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    monkeypatch.setenv("HERALD_API_KEYS", '{"a-deployment-key": ["ingest", "admin"]}')
+    monkeypatch.setenv("HERALD_DATA_KEYS", '{"k1": "' + "A" * 43 + '="}')
 
     from cluster.settings import HeraldArgs, settings_from_args
 

@@ -54,3 +54,14 @@ def test_training_reads_what_the_workers_write(tmp_path: Path):
     assert rows.height // 5 <= metrics["holdout_rows"] < rows.height // 2  # the latest sends
     assert metrics["holdout_auc"] > 0.75
     assert np.isfinite(model.coef_).all()
+
+
+def test_a_token_column_never_reaches_a_file(tmp_path: Path):
+    token = "ab" * 32
+    rows = pl.DataFrame(
+        {"notification_id": ["n1"], "user_id": ["u1"], "token": [token], "sent_at": [1.7e9]}
+    )
+    (path,) = feedback_log.write(rows, tmp_path, "sends", "sent_at")
+    assert token.encode() not in path.read_bytes()
+    assert "token" not in feedback_log.read(tmp_path, "sends").columns
+    assert feedback_log.read(tmp_path, "sends")["user_id"].to_list() == ["u1"]
