@@ -33,7 +33,7 @@ layout, by owner (prefix left out):
 | `{templates}` (+ `:versions`, `:generation`) | hash id → JSON, hash, counter | templates |
 | `{o:<order_id>}:latest` | hash: newest update routed | order updates (`state.orders`) |
 | `{push_minute:<epoch minute>}` | hash user → transactional pushes | per-user push limit |
-| `{erasures}`, `{erasures}:lock` | stream, string | erasure audit, erasure lock (`state.erasure_audit`) |
+| `{erasures}`, `{erasures}:lock` | stream, string | erasure audit and lock |
 
 Every key of one log partition carries the hash tag `{<lane>:<partition>}`, so the append
 script (idempotency key + XADD) and a lease's scripts each touch one Redis Cluster slot.
