@@ -20,7 +20,7 @@ version (a method runs alone in the actor, so no locking).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -47,11 +47,9 @@ class DeviceLifecycle:
     tables: dict[str, Any]
     version: int
 
-    def _upsert(self, name: str, rows: Any) -> int:  # UserShard's
-        raise NotImplementedError
-
-    def _publish_sizes(self) -> None:  # UserShard's
-        raise NotImplementedError
+    # UserShard's own methods, which these call (declared, not defined, here).
+    _upsert: Callable[[str, Any], int]
+    _publish_sizes: Callable[[], None]
 
     # --- writes ----------------------------------------------------------------------------
     def upsert_devices(self, rows: Any) -> int:
