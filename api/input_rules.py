@@ -32,9 +32,9 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from pipelines import template_model
 
 APNS_TOKEN_PATTERN = r"^[0-9a-fA-F]{64}$"
 # FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters.
@@ -202,12 +202,4 @@ def check_extra(title: str, extra: Mapping[str, Any] | None) -> None:
 
 def raise_at(title: str, errors: list[tuple[tuple[str | int, ...], str]]) -> None:
     """A ValidationError carrying each (location, reason), the reason as given."""
-    details = [
-        InitErrorDetails(
-            type=PydanticCustomError("value_error", "{reason}", {"reason": reason}),
-            loc=loc,
-            input=None,
-        )
-        for loc, reason in errors
-    ]
-    raise ValidationError.from_exception_data(title, details)
+    template_model.raise_at(title, errors, kind="value_error")

@@ -128,7 +128,7 @@ class Variable(BaseModel):
     @model_validator(mode="after")
     def _length_is_for_text(self) -> Variable:
         if self.max_length is not None and self.type not in DEFAULT_MAX_LENGTH:
-            _raise("Variable", [(("max_length",), "only string and url variables have one")])
+            raise_at("Variable", [(("max_length",), "only string and url variables have one")])
         return self
 
     @property
@@ -195,7 +195,7 @@ class Template(BaseModel):
         for tag, content in self.locales.items():
             errors += locale_errors(tag, content, self.variables)
         if errors:
-            _raise("Template", errors)
+            raise_at("Template", errors)
         return self
 
 
@@ -300,12 +300,14 @@ def _size_errors(
     return [(("locales", tag, field), reason)]
 
 
-def _raise(title: str, errors: list[tuple[tuple[str, ...], str]]) -> None:
-    """A ValidationError carrying each (location, reason): nested in a model, pydantic
-    puts the parent's location in front, as for any field error."""
+def raise_at(
+    title: str, errors: list[tuple[tuple[str | int, ...], str]], kind: str = "template"
+) -> None:
+    """A ValidationError carrying each (location, reason), the reason as given: nested in
+    a model, pydantic puts the parent's location in front, as for any field error."""
     details = [
         InitErrorDetails(
-            type=PydanticCustomError("template", "{reason}", {"reason": reason}),
+            type=PydanticCustomError(kind, "{reason}", {"reason": reason}),
             loc=loc,
             input=None,
         )
