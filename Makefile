@@ -24,7 +24,7 @@ demo: install  ## scripted scenario against the running stack (or one it starts)
 	$(BIN)/herald demo
 
 test: install  ## the whole suite, fault tests included; then the log-sensitive tests on Kafka and on a 3-master Redis Cluster
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=25
 	HERALD_TEST_EVENT_LOG=kafka $(BIN)/python -m pytest -q -rs -m eventlog
 	HERALD_TEST_REDIS=cluster $(BIN)/python -m pytest -q -rs -m eventlog
 

@@ -31,6 +31,7 @@ from api.erasure import Erasure, erasure_router
 from api.errors import BodySizeLimit, install_error_handlers, not_found
 from api.events import EventsAccepted, EventsIn, log_entries
 from api.fleet import Fleet
+from api.header_timeout import keep_installed
 from api.live import REPLICA_MAX_STREAMS, open_live, run_stream
 from api.me import Me, me_router
 from api.models import ModelControl
@@ -150,6 +151,7 @@ class HeraldIngress:
         self.settings = settings
         body_limit.max_bytes = settings.api.max_body_bytes
         read_timeout.seconds = settings.protection.http_read_timeout_s
+        keep_installed(settings.protection.http_read_timeout_s)  # headers: in Serve's proxy
         self.redis = async_client(settings)
         self.events = open_event_log(settings, self.redis)
         self.state = DeliveryState(settings, self.redis)

@@ -38,6 +38,7 @@ from cluster.state.frequency import FrequencyCounters
 from models.ranker import Ranker
 from models.registry import Registry
 from pipelines import campaigns, feedback_log
+from pipelines.device_hygiene import skipped
 from pipelines.eligibility import local_day
 from pipelines.templates import parse
 
@@ -152,6 +153,8 @@ class FanoutWorker:
         if self.shadow is not None and self.shadow != model_version:
             await asyncio.to_thread(self._log_shadow, frame, users, campaign, accepted_at)
         devices = devices.join(frame.select("user_id"), on="user_id", how="semi")
+        reached = users.join(frame.select("user_id"), on="user_id", how="semi")
+        metrics.count_devices_skipped("stale", skipped(reached))  # as transactional sends
         shown = {tid: parse(t) for tid, t in campaign.get("templates", {}).items()}
         profiles = None  # only template variants read a locale
         if shown and "locale" in users.columns:

@@ -20,7 +20,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictInt,
     create_model,
     field_validator,
     model_validator,
@@ -37,6 +36,7 @@ from pipelines.template_model import (
     Content,
 )
 from pipelines.text_rules import SINGLE_LINE_PATTERN, SingleLine
+from pipelines.whole_numbers import WholeNumber
 
 EVENTS_MAX = 1000
 USERS_MAX = 1000
@@ -77,7 +77,7 @@ class DeliveryOptions(BaseModel):
         description="`high`: deliver now, waking the device (APNs priority 10, FCM HIGH); "
         "`normal`: the OS may batch it to save power (APNs 5, FCM NORMAL)",
     )
-    ttl_s: StrictInt | None = Field(
+    ttl_s: WholeNumber | None = Field(
         None,
         ge=0,
         le=TTL_MAX_S,
@@ -123,7 +123,7 @@ class OrderUpdated(DeliveryOptions):
     template_id: TemplateId | None = Field(
         None, description="The template to use instead of `order.<status>`; must exist"
     )
-    sequence: StrictInt | None = Field(
+    sequence: WholeNumber | None = Field(
         None,
         ge=0,
         le=2**63 - 1,

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from api.errors import ErrorResponse  # noqa: F401  (re-exported: the error shape)
 from api.input_rules import (
@@ -28,6 +28,7 @@ from api.input_rules import (
 from cluster.vocabulary import CATEGORIES, VARIANT_STYLES
 from pipelines.segments import Segment
 from pipelines.text_rules import DEEPLINK_DESCRIPTION, Deeplink, MultiLine, SingleLine
+from pipelines.whole_numbers import WholeNumber
 
 ID_PATTERN = r"^[A-Za-z0-9._:@\-]{1,128}$"
 Identifier = Annotated[str, Field(pattern=ID_PATTERN, description="1–128 of A–Z a–z 0–9 . _ : @ -")]
@@ -145,7 +146,7 @@ class PreferencesIn(Contract):
     channels: Channels = Field(default_factory=Channels)
     categories: Categories = Field(default_factory=Categories)
     quiet_hours: QuietHours | None = None
-    max_marketing_per_day: StrictInt = Field(3, ge=0, le=100)
+    max_marketing_per_day: WholeNumber = Field(3, ge=0, le=100)
 
 
 ProductId = Annotated[
@@ -302,7 +303,7 @@ class CampaignIn(Contract):
     category: Literal[CATEGORIES] | None = Field(  # type: ignore[valid-type]
         None, description="Product category the campaign is about; a ranking feature"
     )
-    audience_limit: StrictInt | None = Field(None, ge=1, le=100_000_000)
+    audience_limit: WholeNumber | None = Field(None, ge=1, le=100_000_000)
     score_threshold: float | None = Field(None, ge=0, le=1)
     exploration: float = Field(
         0.1, ge=0, le=1, description="Share of users given a Thompson-sampled variant"

@@ -9,15 +9,8 @@ read of a body chunk bounded by what is left of it. Once the body is complete, r
 not bounded any more (a streaming answer waits on `receive` for the client's disconnect).
 WebSockets are left alone: their reads are the conversation, not a request body.
 
-**Headers are not covered here, and cannot be from inside Herald.** Serve's proxy (Ray
-2.60) runs uvicorn's h11 protocol, which arms no timer until it has sent a first
-response: a connection that never finishes its request line and headers stays open until
-the client leaves. Serve exposes no setting for it (`HTTPOptions` has `request_timeout_s`,
-counted once a request is routed, and `keep_alive_timeout_s`, counted after a response;
-its `middlewares` option, the one hook into the proxy process, was removed). A header
-timeout therefore belongs to the load balancer or reverse proxy in front of Serve — nginx
-`client_header_timeout`, Envoy `request_headers_timeout`, an ALB's idle timeout — set to
-`HERALD_HTTP_READ_TIMEOUT_S`.
+Headers are not covered here: they are read by Serve's HTTP proxy before any of Herald's
+code sees the request. `api.header_timeout` gives the proxy that deadline.
 """
 
 from __future__ import annotations

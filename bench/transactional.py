@@ -30,7 +30,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import cpu_groups  # noqa: E402
+from bench import cpu_groups, stream  # noqa: E402
 from cluster.settings import HeraldSettings  # noqa: E402
 from cluster.state import keys  # noqa: E402
 from cluster.state.clients import sync_client  # noqa: E402
@@ -161,6 +161,48 @@ def _redis(tmp: Path, cluster: bool, system: bool) -> Iterator[dict]:
         yield {}
 
 
+def summarize(
+    pushes: list[dict],
+    accepted: list[str],
+    errors: int,
+    t0: float,
+    posted_s: float,
+    cpu_spent: dict[str, float],
+    rate: float,
+) -> dict:
+    """The run's numbers from the final push records."""
+    delivered = [p for p in pushes if p["status"] == "delivered"]
+    latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])
+    acked = np.array([p["acked_at"] for p in delivered])
+    span = float(acked.max() - t0) if len(acked) else float("nan")
+    return {
+        "target_per_s": rate,
+        "posted_per_s": round(len(accepted) / posted_s, 1),
+        "sent_per_s": round(len(delivered) / span, 1) if len(acked) else 0.0,
+        "p50_s": seconds_at(latency, 50),
+        "p99_s": seconds_at(latency, 99),
+        "max_s": seconds_at(latency, 100),
+        "accepted": len(accepted),
+        "delivered": len(delivered),
+        "lost": len(accepted) - len(delivered),
+        "http_errors": errors,
+        # CPU per delivered push (µs) by process group, from posting's start to the last
+        # status read: the CPU budget's unit (each push also writes one inbox item).
+        "cpu_us_per_push": cpu_groups.per_notification_us(cpu_spent, len(delivered)),
+    }  # fmt: skip
+
+
+def hold(stack: LocalStack, sockets: int) -> stream.Holders | None:
+    """`sockets` live streams of other users (inbox only) held while the benchmark posts."""
+    if not sockets:
+        return None
+    url = stack.api_url.replace("http", "ws") + "/v1/me/stream"
+    users = [f"bench-{i}" for i in range(sockets)]
+    holders = stream.start_holders(url, users, 300, -(-sockets // 5000), 7200)
+    typer.echo(f"holding {holders.held}", err=True)
+    return holders
+
+
 def main(
     rate: float = typer.Option(1700, help="Pushes per second to post."),
     seconds: float = typer.Option(60, help="How long to post."),
@@ -175,19 +217,27 @@ def main(
     system_redis: bool = typer.Option(
         False, help="One Redis, but the system's redis-server (the cluster's binary)."
     ),
+    hold_sockets: int = typer.Option(
+        0, help="Live streams held open (other users, inbox only) while posting."
+    ),
+    replicas: int = typer.Option(0, help="Fixed ingress replicas (0: autoscaled, 1 to 4)."),
 ) -> None:
     command = "python bench/transactional.py " + shlex.join(sys.argv[1:])
     with (
         tempfile.TemporaryDirectory() as tmp,
         _redis(Path(tmp), redis_cluster, system_redis) as on_redis,
         LocalStack(
-            data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers, **on_redis
+            data_dir=tmp, http_port=None, num_cpus=2, shards=shards, routers=routers,
+            user_token_secret=stream.SECRET, **on_redis,
         ) as stack,
-    ):
+    ):  # fmt: skip
+        if replicas:
+            stream.deploy(stack, replicas)
         ids = [f"bu{i}" for i in range(users)]
         import_devices(stack.settings, phones(ids))
         while httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code != 200:
             time.sleep(0.5)
+        holders = hold(stack, hold_sockets)
         typer.echo(f"{users} users imported; posting {rate}/s for {seconds}s", err=True)
         cpu_before = cpu_groups.snapshot()
         t0 = time.time()
@@ -197,31 +247,19 @@ def main(
         posted_s = time.time() - t0
         pushes = collect(stack.settings, accepted, 300)
         cpu_spent = cpu_groups.per_group(cpu_before, cpu_groups.snapshot())
+        if holders:
+            holders.stop()
 
-    delivered = [p for p in pushes if p["status"] == "delivered"]
-    latency = np.array([p["acked_at"] - p["accepted_at"] for p in delivered])
-    acked = np.array([p["acked_at"] for p in delivered])
-    span = float(acked.max() - t0) if len(acked) else float("nan")
-    result = {
-        "target_per_s": rate,
-        "posted_per_s": round(len(accepted) / posted_s, 1),
-        "sent_per_s": round(len(delivered) / span, 1) if len(acked) else 0.0,
-        "p50_s": seconds_at(latency, 50),
-        "p99_s": seconds_at(latency, 99),
-        "max_s": seconds_at(latency, 100),
-        "accepted": len(accepted),
-        "delivered": len(delivered),
-        "lost": len(accepted) - len(delivered),
-        "http_errors": errors,
-        # CPU per delivered push (µs) by process group, from posting's start to the last
-        # status read: the CPU budget's unit (each push also writes one inbox item).
-        "cpu_us_per_push": cpu_groups.per_notification_us(cpu_spent, len(delivered)),
-        "redis": "3-master Redis Cluster"
+    result = summarize(pushes, accepted, errors, t0, posted_s, cpu_spent, rate)
+    result.update(
+        redis="3-master Redis Cluster"
         if redis_cluster
         else "one Redis" + (" (system redis-server)" if system_redis else ""),
-        "machine": machine(),
-        "command": command,
-    }
+        sockets_held=holders.held if holders else None,
+        ingress_replicas=replicas or "autoscaled",
+        machine=machine(),
+        command=command,
+    )
     write_result(output, result)
 
 

@@ -254,3 +254,19 @@ def devices_skipped() -> Counter:
 def count_devices_skipped(reason: str, n: int) -> None:
     if n:
         devices_skipped().inc(n, tags={"reason": reason})
+
+
+@cache
+def rows_skipped() -> Counter:
+    return Counter(
+        "herald_rows_skipped_total",
+        description="Stored rows that did not decode and were skipped when a shard rebuilt "
+        "from Redis, by table (the log names their keys).",
+        tag_keys=("table",),
+    )
+
+
+@_never_raises
+def count_rows_skipped(table: str, n: int) -> None:
+    if n:
+        rows_skipped().inc(n, tags={"table": table})

@@ -26,15 +26,17 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipelines.text_rules import (
     DEEPLINK_DESCRIPTION,
     Deeplink,
+    ImageUrl,
     MultiLine,
     SingleLine,
 )
+from pipelines.whole_numbers import WholeNumber
 
 TEMPLATE_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VARIABLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,31}$"
@@ -121,7 +123,7 @@ class Variable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: VariableType = Field("string", description="string, integer, number, money or url")
-    max_length: StrictInt | None = Field(
+    max_length: WholeNumber | None = Field(
         None, ge=1, le=2000, description="Most characters (string and url only); default 64/256"
     )
 
@@ -151,10 +153,10 @@ class Content(BaseModel):
     title: SingleLine = Field(min_length=1, max_length=1024)
     body: MultiLine = Field(min_length=1, max_length=4096)
     subtitle: SingleLine | None = _text(1024)
-    image_url: SingleLine | None = _text(2048)
+    image_url: ImageUrl | None = _text(2048)
     deeplink: Deeplink | None = _text(2048, description=DEEPLINK_DESCRIPTION)
     sound: SingleLine | None = _text(256)
-    badge: StrictInt | None = Field(None, ge=0, le=999_999)
+    badge: WholeNumber | None = Field(None, ge=0, le=999_999)
     thread_id: SingleLine | None = _text(256)
     category: SingleLine | None = _text(256)
     subject: SingleLine | None = _text(998)  # email; RFC 5322's line limit
@@ -174,7 +176,7 @@ class Template(BaseModel):
     variables: dict[str, Variable] = Field(default_factory=dict, max_length=32)
     locales: dict[str, Content] = Field(min_length=1, max_length=200)
     version: int = Field(0, ge=0, description="Set by the store on every put")
-    ttl_s: StrictInt | None = Field(
+    ttl_s: WholeNumber | None = Field(
         None,
         ge=0,
         le=28 * 24 * 3600,

@@ -90,6 +90,23 @@ DEEPLINK_SCHEMA: dict[str, Any] = {"pattern": deeplink_pattern()}
 Deeplink = Annotated[str, Field(json_schema_extra=DEEPLINK_SCHEMA)]
 
 
+IMAGE_URL_PATTERN = r"^https?://[!-~]+$"
+_IMAGE_URL = re.compile(IMAGE_URL_PATTERN, re.IGNORECASE)
+
+
+def _image_url(url: str) -> str:
+    """APNs' service extension and FCM fetch the image from the web: `http://` or
+    `https://`, written out (placeholders after it), printable ASCII without spaces."""
+    if not _IMAGE_URL.fullmatch(url):
+        raise ValueError("must be an http:// or https:// URL (printable ASCII, no spaces)")
+    return url
+
+
+ImageUrl = Annotated[
+    str, AfterValidator(_image_url), Field(json_schema_extra={"pattern": IMAGE_URL_PATTERN})
+]
+
+
 def deeplink_problem(link: str, schemes: Iterable[str]) -> str | None:
     """Why `link` may not be a deeplink under the deployment's `schemes`, or None. A
     template's link may hold placeholders after the scheme (`shop://order/{order_id}`)."""

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 import redis.asyncio as aioredis
 
+from cluster import finite_json
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.state.retries import TAKE_DUE
@@ -231,7 +232,7 @@ class CampaignStore:
     async def record_plan(self, campaign_id: str, shard: int, counts: dict[str, int]) -> None:
         """A shard's planning counters, kept from its first plan: a resumed campaign
         re-plans a shard only to find who is still to be sent."""
-        await self.redis.hsetnx(self.plan_key(campaign_id), str(shard), json.dumps(counts))
+        await self.redis.hsetnx(self.plan_key(campaign_id), str(shard), finite_json.dumps(counts))
 
     async def record_selection(self, campaign_id: str, selected: int, deferred: int) -> None:
         """Users kept across all shards (after the global top-k), and how many of them are

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from cluster import finite_json
 from cluster.eventlog import open_event_log
 from cluster.settings import HeraldSettings
 from cluster.state import keys
@@ -33,7 +34,7 @@ def dead_letter_fields(kind: str, body: dict[str, Any], reason: str) -> dict[str
     delivery's without its token."""
     if kind == "delivery":
         body = {name: value for name, value in body.items() if name not in UNSTORED}
-    return {"kind": kind, "body": json.dumps(body, sort_keys=True), "reason": reason,
+    return {"kind": kind, "body": finite_json.dumps(body, sort_keys=True), "reason": reason,
             "at": repr(time.time())}  # fmt: skip
 
 
@@ -85,7 +86,8 @@ def replay_dead_letters(settings: HeraldSettings, ids: list[str] | None = None) 
             for name in UNSTORED:  # an entry written before tokens were left out
                 body.pop(name, None)
             body["attempt"] = 0
-            pipe.zadd(keys.retries(settings), {json.dumps(body, sort_keys=True): time.time()})
+            member = finite_json.dumps(body, sort_keys=True)
+            pipe.zadd(keys.retries(settings), {member: time.time()})
             _mark_retrying(client, pipe, keys.notification(settings, body["notification_id"]), body)
         else:
             lane = body.pop("_lane", "transactional")
@@ -115,4 +117,4 @@ def _mark_retrying(client: redis.Redis, pipe, state_key: str, delivery: dict[str
         return
     record = json.loads(current)
     record.update(status="retrying", updated_at=time.time())
-    pipe.hset(state_key, field, json.dumps(record))
+    pipe.hset(state_key, field, finite_json.dumps(record))

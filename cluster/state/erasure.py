@@ -27,6 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from cluster import finite_json
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.vocabulary import LANES
@@ -337,7 +338,7 @@ def _dead_letter(subject: Subject) -> Callable[[dict], Any]:
         if not subject.matches(body):
             return False
         rest = subject.without(body)
-        return None if rest is None else {**fields, "body": json.dumps(rest, sort_keys=True)}
+        return None if rest is None else {**fields, "body": finite_json.dumps(rest, sort_keys=True)}
 
     return decide
 
@@ -355,7 +356,9 @@ def _logged_event(subject: Subject) -> Callable[[dict], Any]:
         if not subject.matches(event):
             return False
         rest = subject.without(event)
-        return None if rest is None else {**fields, "e": json.dumps(rest, separators=(",", ":"))}
+        if rest is None:
+            return None
+        return {**fields, "e": finite_json.dumps(rest, separators=(",", ":"))}
 
     return decide
 

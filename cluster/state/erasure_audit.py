@@ -26,6 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from cluster import finite_json
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 
@@ -70,8 +71,8 @@ class ErasureAudit:
             "at": repr(time.time()),
             "by": key_fingerprint(api_key),
             "user_sha256": user_hash(user_id),
-            "removed": json.dumps(removed, sort_keys=True),
-            "notes": json.dumps(notes),
+            "removed": finite_json.dumps(removed, sort_keys=True),
+            "notes": finite_json.dumps(notes),
         }
         entry_id = await self.redis.xadd(self.key, entry)
         return _decoded(entry_id, entry)

@@ -26,6 +26,7 @@ import time
 import polars as pl
 import redis.asyncio as aioredis
 
+from cluster import finite_json
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.vocabulary import LANES
@@ -71,14 +72,14 @@ class RetrySchedule:
         now = time.time()
         for row in stored(rows).iter_rows(named=True):
             due = now + backoff_s(self.settings, row["attempt"], row.pop("retry_after_s", None))
-            pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
+            pipe.zadd(self.key_of(row["lane"]), {finite_json.dumps(row, sort_keys=True): due})
 
     def defer(self, rows: pl.DataFrame, pipe: aioredis.client.Pipeline) -> None:
         """Queue DELIVERIES rows (plus `attempt` and `send_after`, epoch s) to be sent first
         at `send_after`: quiet hours hold a campaign's push in the same durable set."""
         for row in stored(rows).iter_rows(named=True):
             due = row.pop("send_after")
-            pipe.zadd(self.key_of(row["lane"]), {json.dumps(row, sort_keys=True): due})
+            pipe.zadd(self.key_of(row["lane"]), {finite_json.dumps(row, sort_keys=True): due})
 
     async def take_due(
         self, limit: int = 500, lane: str = "transactional"

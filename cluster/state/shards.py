@@ -15,12 +15,14 @@ the newest key, batch by batch beside a running shard (`herald keys rotate`).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import polars as pl
 import redis
 
+from cluster import metrics
 from cluster.settings import HeraldSettings
 from cluster.state import keys
 from cluster.state.sealing import DataKeys, kid_of
@@ -30,6 +32,8 @@ HSET_FIELDS = 5_000  # fields per HSET (or HDEL) command inside a pipeline
 # The column sealed at rest, per table; each such table has device_id and user_id columns.
 SEALED_COLUMNS = {"devices": "token"}
 RESEAL_BATCH = 1_000
+LOGGED_KEYS_MAX = 20
+log = logging.getLogger(__name__)
 
 # Compare-and-set per field, one key (one slot): a row the shard rewrote since it was read
 # is left alone — its new value is already sealed under the key the shard holds.
@@ -71,12 +75,18 @@ class ShardTables:
         return keys.shard_table(self.settings, self.index, table)
 
     def load(self, table: str, schema: Mapping[str, pl.DataType]) -> pl.DataFrame | None:
-        """Every row of `table` decoded to `schema`'s columns; None when it has none."""
-        values = [v for _, v in self.redis.hscan_iter(self.key(table), count=HSCAN_COUNT)]
-        if not values:
+        """Every row of `table` decoded to `schema`'s columns; None when it has none. A row
+        that does not decode (corrupt, or of another shape) is skipped, counted and logged
+        with its key: one bad row must not keep a shard, and all its users, from starting."""
+        found = dict(self.redis.hscan_iter(self.key(table), count=HSCAN_COUNT))
+        if not found:
             return None
-        decoded = pl.Series("row", values, dtype=pl.Binary).cast(pl.String)
-        rows = decoded.str.json_decode(pl.Struct(dict(schema))).struct.unnest()
+        values = pl.Series("row", list(found.values()), dtype=pl.Binary).cast(pl.String)
+        parts, bad = _decodable(values, pl.Struct(dict(schema)))
+        if bad:
+            fields = list(found)
+            _log_skipped(table, self.index, [fields[i].decode(errors="replace") for i in bad])
+        rows = pl.concat(parts).struct.unnest() if parts else pl.DataFrame(schema=dict(schema))
         return self._sealed(table, rows, self.sealing.open_column)
 
     def _sealed(self, table: str, frame: pl.DataFrame, how) -> pl.DataFrame:
@@ -160,6 +170,30 @@ class ShardTables:
         for start in range(0, len(fields), HSET_FIELDS):
             part = slice(start, start + HSET_FIELDS)
             pipe.hset(key, items=_interleaved(fields[part], values[part]))
+
+
+def _decodable(values: pl.Series, struct: pl.Struct, offset: int = 0):
+    """(decoded parts, positions of the rows that do not decode). All at once when every row
+    decodes; else halves, recursively, so k bad rows among n cost O(k log n) decodes."""
+    try:
+        return [values.str.json_decode(struct)], []
+    except pl.exceptions.PolarsError:
+        if values.len() == 1:
+            return [], [offset]
+    half = values.len() // 2
+    left, bad_left = _decodable(values.slice(0, half), struct, offset)
+    right, bad_right = _decodable(values.slice(half), struct, offset + half)
+    return left + right, bad_left + bad_right
+
+
+def _log_skipped(table: str, shard: int, row_keys: list[str]) -> None:
+    log.error(
+        "shard %d: skipped %d %s row(s) that do not decode (keys %s%s); rewrite them "
+        "(register the device or PUT the user again)",
+        shard, len(row_keys), table, ", ".join(row_keys[:LOGGED_KEYS_MAX]),
+        " …" if len(row_keys) > LOGGED_KEYS_MAX else "",
+    )  # fmt: skip
+    metrics.count_rows_skipped(table, len(row_keys))
 
 
 def _interleaved(fields: list[str], values: list[str]) -> list[str]:

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import polars as pl
 import pyarrow as pa
 
+from cluster import finite_json
+
 DELIVERIES = pa.schema(
     [
         pa.field("delivery_id", pa.string(), nullable=False),  # "{notification_id}|{device_id}"
@@ -167,7 +169,7 @@ class Rich:
 
     def to_json(self) -> str:
         """The `rich` column's value for these extras (producers and tests)."""
-        return json.dumps(self.present(), separators=(",", ":"), ensure_ascii=False)
+        return finite_json.dumps(self.present(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def parse(cls, raw: str | None) -> Rich:

@@ -33,6 +33,7 @@ def browser() -> Iterator[Callable[[], object]]:
     def new():
         options = Options()
         options.binary_location = str(CHROMIUM)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run"):
             options.add_argument(flag)
         driver = webdriver.Chrome(
@@ -61,11 +62,22 @@ def open_inbox(driver, stack, token: str) -> None:
     driver.get(f"{stack.api_url}/demo/inbox")
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "#connect button[type=submit]").click()
-    until(
-        lambda: driver.find_element(By.ID, "status").text.startswith("live as"),
-        15,
-        "the page never went live",
-    )
+    try:
+        until(
+            lambda: driver.find_element(By.ID, "status").text.startswith("live as"),
+            15,
+            "the page never went live",
+        )
+    except AssertionError:
+        # What the page says (connecting…, disconnected (code), or signed out with a
+        # reason in the token field) and what its console logged: why it never went live.
+        status = driver.find_element(By.ID, "status").text
+        reason = driver.find_element(By.ID, "token").get_attribute("placeholder")
+        console = [entry["message"] for entry in driver.get_log("browser")][-10:]
+        raise AssertionError(
+            f"the page never went live: status {status!r}, sign-out reason {reason!r}, "
+            f"console {console}"
+        ) from None
 
 
 def unread(driver) -> int:

@@ -187,3 +187,81 @@ def test_a_dead_token_is_kept_then_deleted_after_its_keep_days(stack, api, uid):
     assert hashes_holding(stack, token) == []
     created = api.post("/v1/devices", json={"user_id": user, "platform": "ios", "token": token})
     assert created.status_code == 201 and created.json()["device_id"] == device
+
+
+def test_a_campaign_skips_stale_devices_and_counts_them(stack, api, uid):
+    """Campaigns leave stale devices out like transactional sends, and count them too."""
+    from tests.cluster.test_campaigns import wait_campaign
+
+    user, cohort = f"hy-cs-{uid}", f"stale-{uid}"
+    register(api, user, "ios", apns_token())
+    long_ago = time.time() - 300 * DAY_S
+    imported = pa.table(
+        {"user_id": [user], "platform": ["ios"], "token": [apns_token()],
+         "last_seen_at": [long_ago]}
+    )  # fmt: skip
+    assert import_devices(stack.settings, imported) == 1
+    profile = {"attributes": {"cohort": cohort}}
+    assert api.put(f"/v1/users/{user}", json=profile).status_code == 200
+    before = scrape(stack.metrics_url).get(SKIPPED, 0)
+    campaign = {
+        "campaign_id": f"hy-cs-{uid}",
+        "segment": {"attr": {"name": "cohort", "op": "eq", "value": cohort}},
+        "variants": [{"variant_id": "a", "title": "Sale", "body": "Today only"}],
+        "exploration": 0.0,
+    }
+    assert api.post("/v1/campaigns", json=campaign).status_code == 202
+    done = wait_campaign(api, campaign["campaign_id"])
+    assert done["targeted"] == 1 and done["selected"] == 1, done
+    deadline = time.monotonic() + 60
+    while scrape(stack.metrics_url).get(SKIPPED, 0) < before + 1:
+        assert time.monotonic() < deadline, "the campaign's stale skip was never counted"
+        time.sleep(2)
+
+
+def test_a_corrupt_stored_row_is_skipped_when_a_shard_rebuilds(stack, api, uid):
+    """A shard restarted while its Redis copy holds a row that does not decode (truncated,
+    or of another shape) skips that row, counts it, and serves its other users."""
+    user = f"hy-cr-{uid}"
+    device = register(api, user, "ios", apns_token())
+    client, index = sync_client(stack.settings), shard_index(stack, user)
+    bad = {
+        keys.shard_table(stack.settings, index, "profiles"): (f"hy-cr-bad-{uid}", b'{"user_id'),
+        keys.shard_table(stack.settings, index, "devices"): (
+            f"hy-cr-bad-{uid}",
+            json.dumps({"device_id": f"hy-cr-bad-{uid}", "active": "yes"}).encode(),
+        ),
+    }
+    for key, (field, value) in bad.items():
+        client.hset(key, field, value)
+    skipped = {t: f"ray_herald_rows_skipped_total{{table={t}}}" for t in ("profiles", "devices")}
+    before = scrape(stack.metrics_url)
+    try:
+        old_pid = pid_of(shard(stack, user))
+        ray.kill(shard(stack, user), no_restart=False)  # it restarts and rebuilds from Redis
+        deadline = time.monotonic() + 120
+        while pid_of(shard(stack, user)) in (None, old_pid):
+            assert time.monotonic() < deadline, "the shard did not come back"
+            time.sleep(1)
+        status = order_update(api, uid, user)
+        assert pushed_to(status) == {device}, status
+        deadline = time.monotonic() + 60
+        while True:
+            now = scrape(stack.metrics_url)
+            if all(now.get(m, 0) >= before.get(m, 0) + 1 for m in skipped.values()):
+                break
+            assert time.monotonic() < deadline, f"the skipped rows were never counted: {now}"
+            time.sleep(2)
+    finally:
+        for key, (field, _) in bad.items():
+            client.hdel(key, field)
+
+
+def pid_of(actor) -> int | None:
+    """The actor's process id; None while it is restarting."""
+    try:
+        return ray.get(
+            actor.__ray_call__.remote(lambda _self: __import__("os").getpid()), timeout=10
+        )
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None

@@ -22,6 +22,7 @@ from api.templates import parse_template
 from pipelines import templates
 from pipelines.segments import users_frame
 from pipelines.text_rules import (
+    IMAGE_URL_PATTERN,
     MULTI_LINE_PATTERN,
     SINGLE_LINE_PATTERN,
     deeplink_pattern,
@@ -248,3 +249,45 @@ def test_a_profile_that_does_not_decode_is_skipped_not_fatal(caplog):
     assert frame["user_id"].to_list() == ["good", "nan", "nested"]
     assert frame["attributes"].struct.field("ltv").to_list() == [3, None, None]
     assert "2 profile row(s)" in caplog.text and "nan, nested" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://cdn.shop.example/p/1.png", True),
+        ("http://cdn.shop.example/p/2.png", True),
+        ("javascript:alert(1)", False),
+        ("file:///etc/passwd", False),
+        ("ftp://cdn/x.png", False),
+        ("{image}", False),  # the scheme is written out; placeholders only after it
+        ("https://cdn/a b.png", False),
+    ],
+)
+def test_template_image_urls_are_http_or_https(url, allowed):
+    body = {"locales": {"en": {"title": "T", "body": "B", "image_url": url}}}
+    if allowed:
+        assert parse_template("promo", body, SCHEMES).locales["en"].image_url == url
+        assert re.fullmatch(IMAGE_URL_PATTERN, url)
+        return
+    with pytest.raises(ApiError) as caught:
+        parse_template("promo", body, SCHEMES)
+    assert caught.value.status == 422
+    assert [f["field"] for f in caught.value.fields] == ["locales.en.image_url"]
+    assert "http" in caught.value.fields[0]["reason"]
+    assert not re.fullmatch(IMAGE_URL_PATTERN, url)  # the schema says the same
+
+
+@pytest.mark.parametrize(("value", "stored"), [(5, 5), (58.0, 58), (0.0, 0)])
+def test_integer_fields_take_what_json_schema_calls_an_integer(value, stored):
+    """`{"type": "integer"}` holds 58.0 (a client in JavaScript sends no other kind)."""
+    assert (
+        PreferencesIn.model_validate({"max_marketing_per_day": value}).max_marketing_per_day
+        == stored
+    )
+
+
+@pytest.mark.parametrize("value", [False, True, 58.5, "5", None])
+def test_integer_fields_refuse_booleans_fractions_and_strings(value):
+    with pytest.raises(ValidationError) as caught:
+        PreferencesIn.model_validate({"max_marketing_per_day": value})
+    assert caught.value.errors()[0]["loc"] == ("max_marketing_per_day",)
