@@ -46,6 +46,17 @@ RESULTS = Path(__file__).parent / "results" / "stream.json"
 SECRET = "bench-stream-user-token-secret-0123456789"
 
 
+def replica_pids() -> set[int]:
+    """This run's ingress replica processes: a pid that changes is a replica Serve replaced
+    (e.g. after three missed health checks)."""
+    found = set()
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ServeReplica:herald:HeraldIngress" in " ".join(proc.cmdline()):
+                found.add(proc.pid)
+    return found
+
+
 def our_rss() -> dict[str, float]:
     """MiB of RSS of this run's Serve replicas and proxy (children of this process only,
     so other Ray instances on the box are not counted)."""
@@ -188,7 +199,7 @@ async def _hold_all(
         life = None if lifetime_s is None else lifetime_s * (0.5 + random.random())
         tasks.append(asyncio.create_task(client.hold(url, token, stop, life)))
         await asyncio.sleep(max(0.0, opening + (i + 1) / open_rate - time.monotonic()))
-    while client.open + client.refused < len(tokens) and time.monotonic() - opening < 300:
+    while client.opened + client.refused < len(tokens) and time.monotonic() - opening < 300:
         await asyncio.sleep(0.5)
     conn.send((client.open, client.refused, dict(client.errors.most_common(5))))
     loop = asyncio.get_running_loop()
@@ -305,11 +316,13 @@ def main(
             deploy(stack, replicas)
             store = sync_client(stack.settings)
             before = {"rss_mib": our_rss(), "redis_clients": len(store.client_list())}
+            pids = replica_pids()
             held, opened_s, accepted, posts, latencies = run(
                 stack, sockets, seconds, period, open_rate, procs
             )
             time.sleep(5)
             after = {"rss_mib": our_rss(), "redis_clients": len(store.client_list())}
+            replaced = len(pids - replica_pids())
     grown = held["rss_mib"]["replicas"] + held["rss_mib"]["proxy"]
     base = before["rss_mib"]["replicas"] + before["rss_mib"]["proxy"]
     result = {
@@ -319,6 +332,7 @@ def main(
         "replicas": replicas,
         "holder_processes": procs,
         "held_open": held["open"],
+        "replicas_replaced": replaced,
         "refused": held["refused"],
         "errors": held["errors"],
         "post_errors": held["post_errors"],
