@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class TrustedKeys:
         self._found, self._mtime_ns = found, mtime if settled else None
 
 
-class ProviderEmulator:
+class ProviderEmulator(ABC):
     """The part of answering a request that does not depend on the provider: control
     endpoints first (never delayed, so a test can always reset or read the log), then the
     plan's latency, then the provider's own API in `route`."""
@@ -175,9 +176,9 @@ class ProviderEmulator:
             await asyncio.sleep(self.state.plan.latency_ms / 1000)
         return self.route(request)
 
+    @abstractmethod
     def route(self, request: Request) -> Response:
-        """Abstract: the provider's answer to a request of its own API."""
-        raise NotImplementedError(f"{type(self).__name__} must define route()")
+        """The provider's answer to a request of its own API."""
 
 
 def _json(status: int, body: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 
 import polars as pl
@@ -97,7 +98,7 @@ def _scalar(value: Any, where: str = "") -> ScalarValue:
     )
 
 
-class Node:
+class Node(ABC):
     """What every condition has: its JSON key, parsing from `{KEY: payload}`, the
     `{KEY: payload}` JSON schema, and compiling to a polars expression."""
 
@@ -132,9 +133,9 @@ class Node:
         """The node as its JSON spec, `{KEY: payload}`."""
         return {self.KEY: self.model_dump(mode="json")}  # type: ignore[attr-defined]
 
+    @abstractmethod
     def expr(self, ctx: Compiler) -> pl.Expr:
-        """Abstract: every concrete node (leaf or combination) compiles itself."""
-        raise NotImplementedError(f"{type(self).__name__} must define expr()")
+        """Every concrete node (leaf or combination) compiles itself."""
 
 
 class Attr(Node, BaseModel):

@@ -14,6 +14,8 @@ import time
 import pytest
 from websockets.sync.client import connect
 
+from ops.processes import free_port
+
 DEADLINE_S = 1.0
 SERVER = """
 import sys, uvicorn
@@ -42,12 +44,6 @@ async def app(scope, receive, send):
 print(patch_protocols(float(sys.argv[2])), flush=True)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), http=sys.argv[1], log_level="error")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["h11", "httptools"])
