@@ -15,14 +15,15 @@ talk to Redis themselves.
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Response, WebSocket
+from fastapi import FastAPI, Query, Response
 from ray import serve
 from ray.serve import Application
 
 from actors.bootstrap import ensure_actors
 from actors.fanout_pool import running_fanout_workers
 from actors.sender_pool import running_sender_replicas
-from api.auth import admit, check_keys_before_json, require
+from actors.stream_gateway import keep_gateways
+from api.auth import check_keys_before_json, require
 from api.campaign_door import accept_campaign
 from api.credentials import credentials_router, refuse_insecure_defaults
 from api.demo import demo_router
@@ -32,7 +33,6 @@ from api.errors import BodySizeLimit, install_error_handlers, not_found
 from api.events import EventsAccepted, EventsIn, log_entries
 from api.fleet import Fleet
 from api.header_timeout import keep_installed
-from api.live import REPLICA_MAX_STREAMS, open_live, run_stream
 from api.me import Me, me_router
 from api.models import ModelControl
 from api.paths import (
@@ -101,6 +101,11 @@ def _api_keys() -> dict[str, list[str]]:
     return _replica().settings.api.api_keys
 
 
+def _stream_target(settings: HeraldSettings) -> str:
+    """Where pages open their stream: the public URL, else the gateway's port."""
+    return settings.api.stream_public_url or str(settings.api.stream_port)
+
+
 INGEST = [require("ingest", _api_keys)]
 READ = [require("read", _api_keys)]
 CAMPAIGNS = [require("campaigns", _api_keys)]
@@ -114,14 +119,8 @@ api = FastAPI(
     responses=ERRORS,
 )
 install_error_handlers(api)
-api.include_router(
-    me_router(
-        lambda: _replica().me,
-        lambda: _replica().user_tokens,
-        lambda: _replica().settings.api.allowed_origins,
-    )
-)
-api.include_router(demo_router())
+api.include_router(me_router(lambda: _replica().me, lambda: _replica().user_tokens))
+api.include_router(demo_router(lambda: _stream_target(_replica().settings)))
 api.include_router(credentials_router(lambda: _replica().fleet.reload_credentials(), ADMIN))
 api.include_router(devices_router(lambda: _replica().users, _api_keys))
 api.include_router(erasure_router(lambda: _replica().erasure, _api_keys))
@@ -137,10 +136,9 @@ api.add_middleware(BodyReadTimeout, limit=read_timeout)
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.2},
-    # A WebSocket is one ongoing request for as long as it is open: room for
-    # `api.live.REPLICA_MAX_STREAMS` streams plus 200 HTTP requests, so held sockets never
-    # queue ingestion at the proxy (a replica refuses streams past its cap instead).
-    max_ongoing_requests=REPLICA_MAX_STREAMS + 200,
+    # Live streams are not Serve's: each node's stream gateway holds them
+    # (`actors.stream_gateway`), so ongoing requests here are HTTP calls only.
+    max_ongoing_requests=200,
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 50},
 )
 @serve.ingress(api)
@@ -160,15 +158,15 @@ class HeraldIngress:
         self.feedback = FeedbackStore(settings, self.redis)
         self.inbox = InboxStore(settings, self.redis)
         self.user_tokens = UserTokens.from_settings(settings.api)
-        self.live = open_live(settings, self.redis)  # streams' Redis: off ingestion's pool
         self.templates = TemplateBook(settings, self.redis)
         ensure_actors(settings)
+        keep_gateways(settings)  # the live streams: each node's gateway, off Serve's proxy
         self.fleet = Fleet(settings, running_fanout_workers, running_sender_replicas)
         self.models = ModelControl(
             Registry(settings.models_root), self.fleet.reload_fanout_workers, settings.feedback_root
         )
         self.users = Users(self.fleet, self.owners, self.state, self.feedback)
-        self.me = Me(self.users, self.inbox, self.live)
+        self.me = Me(self.users, self.inbox)
         self.erasure = Erasure.build(settings, self.redis, self.fleet)
 
     # --- health --------------------------------------------------------------------------
@@ -375,13 +373,6 @@ class HeraldIngress:
         self, user_id: UserId, limit: Annotated[int, Query(ge=1, le=200)] = 50
     ) -> Inbox:
         return Inbox(user_id=user_id, items=await self.inbox.latest(user_id, limit))
-
-    @api.websocket("/v1/users/{user_id}/stream")
-    async def stream(self, websocket: WebSocket, user_id: UserId) -> None:
-        """Any user's live inbox changes, for support tools (read scope, key in the header
-        only). End users' apps and pages use `WS /v1/me/stream` with a user token."""
-        if await admit(websocket, self.settings.api.api_keys, "read"):
-            await run_stream(websocket, self.live, user_id, {})
 
 
 def app_builder(args: HeraldArgs) -> Application:

@@ -1,6 +1,8 @@
 """`/demo/inbox`: a shop-style inbox bell as one static page and one script, no build step —
 what a shop's web page does with a user token: the unread count, the list, live arrival over
-`WS /v1/me/stream`, mark-as-read (and the other open tabs following).
+`WS /v1/me/stream`, mark-as-read (and the other open tabs following). The page is told where
+the stream gateway is (a `<meta name="herald-stream">`: `HERALD_STREAM_PUBLIC_URL`, or the
+gateway's port on the page's own host).
 
 The page holds no secret and mints nothing: the visitor pastes a user token (on the local
 stack, `herald token mint <user>`), which stays in the tab's `sessionStorage`. So these
@@ -11,6 +13,8 @@ script and connections back to Herald.
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -28,10 +32,11 @@ FILES = {
 }
 
 
-def demo_router() -> APIRouter:
+def demo_router(stream: Callable[[], str]) -> APIRouter:
+    """The demo's routes; `stream` answers the stream gateway's URL, or its port."""
     router = APIRouter(include_in_schema=False)
     for path, (name, media_type) in FILES.items():
-        router.add_api_route(path, _bound(name, media_type), methods=["GET"])
+        router.add_api_route(path, _bound(name, media_type, stream), methods=["GET"])
     return router
 
 
@@ -42,10 +47,13 @@ HEADERS = {
 }
 
 
-def _bound(name: str, media_type: str):
-    """A parameterless endpoint answering one static file."""
+def _bound(name: str, media_type: str, stream: Callable[[], str]):
+    """A parameterless endpoint answering one static file (the page with its stream URL)."""
 
     async def endpoint() -> Response:
-        return Response((STATIC / name).read_bytes(), media_type=media_type, headers=HEADERS)
+        body = (STATIC / name).read_bytes()
+        if name.endswith(".html"):
+            body = body.replace(b"{{stream}}", html.escape(stream()).encode())
+        return Response(body, media_type=media_type, headers=HEADERS)
 
     return endpoint

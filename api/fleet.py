@@ -16,7 +16,15 @@ from collections.abc import Callable
 
 import ray
 
-from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
+from cluster.names import (
+    INGESTOR,
+    fanout_name,
+    gateway_name,
+    router_name,
+    sender_name,
+    senders,
+    shard_name,
+)
 from cluster.settings import HeraldSettings
 from cluster.sharding import shard_of
 from cluster.vocabulary import PUSH_CHANNELS
@@ -46,12 +54,15 @@ class Fleet:
 
     def expected(self) -> list[str]:
         """The actors readiness waits for: every shard, router, fixed fan-out worker and
-        first sender replica, and the Kafka ingestor when Kafka is configured."""
+        first sender replica, the stream gateway of this replica's node (where the load
+        balancer sends this node's sockets), and the Kafka ingestor when Kafka is
+        configured."""
         topology = self.settings.topology
         names = [shard_name(i) for i in range(topology.shards)]
         names += [router_name(i) for i in range(topology.routers)]
         names += [fanout_name(i) for i in range(self.settings.fanout.workers)]
         names += [sender_name(c, lane) for c, lane in senders(self.settings)]
+        names.append(gateway_name(ray.util.get_node_ip_address()))
         if self.settings.kafka.bootstrap:
             names.append(INGESTOR)
         return names

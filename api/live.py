@@ -35,9 +35,8 @@ from cluster.state.live import StreamHub, StreamSlots, Subscriber, stream_client
 
 HEARTBEAT_S = 20.0
 IDLE_S = 2 * HEARTBEAT_S + 5
-# Streams one Serve replica holds; past it a new one is closed with 1013 (the client
-# retries and the proxy picks a replica again), so sockets cannot take the request slots
-# ingestion needs (see `serve_app.HeraldIngress`'s max_ongoing_requests).
+# Streams one gateway (`actors.stream_gateway`) holds; past it a new one is closed with
+# 1013 (the client retries, and a load balancer may pick another node's gateway).
 REPLICA_MAX_STREAMS = 20_000
 CLOSE_IDLE, CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_FULL = 4408, 4429, 1013, 1013
 

@@ -8,7 +8,8 @@ The routes are an `APIRouter` built by `me_router`, given two lookups (the repli
 services and its token verifier) the same way `api.auth.require` is given the key map,
 because the routes exist before any replica does (see `api.auth`).
 
-The stream (`WS /v1/me/stream`) is a browser's: the token comes in the
+The stream (`WS /v1/me/stream`, served by each node's stream gateway: `api.stream_app`) is
+a browser's: the token comes in the
 `Sec-WebSocket-Protocol` header, offered as `["herald.v1", "bearer.<token>"]` (the server
 answers `herald.v1`, never echoing the token), or as a first message `{"type": "auth",
 "token": …}` within `AUTH_WAIT_S` — never in the URL, which proxies and servers log. The
@@ -27,7 +28,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, WebSocket
 
 from api.auth import RequireUser, TokenLookup
 from api.errors import ApiError, not_found
-from api.live import Live, close, run_stream
+from api.live import close
 from api.rows import preferences_row
 from api.schemas import (
     ID_PATTERN,
@@ -65,7 +66,6 @@ class Me:
 
     users: Users
     inbox: InboxStore
-    live: Live
 
 
 def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
@@ -115,24 +115,12 @@ async def admit_user(websocket: WebSocket, origins: list[str], tokens: TokenLook
         return None
 
 
-def me_router(
-    services: Callable[[], Me], tokens: TokenLookup, origins: Callable[[], list[str]]
-) -> APIRouter:
-    """The `/v1/me` routes (see the module docstring); `origins` answers the allowed ones."""
+def me_router(services: Callable[[], Me], tokens: TokenLookup) -> APIRouter:
+    """The `/v1/me` HTTP routes (see the module docstring)."""
     user = Annotated[str, Depends(RequireUser(tokens))]
     router = APIRouter(prefix="/v1/me", tags=["me"])
     _inbox_routes(router, user, services)
     _account_routes(router, user, services)
-
-    @router.websocket("/stream")
-    async def my_stream(websocket: WebSocket) -> None:
-        """Live changes of the user's inbox (see the module docstring and `api.live`)."""
-        user_id = await admit_user(websocket, origins(), tokens)
-        if user_id is not None:
-            me = services()
-            hello = {"unread": await me.live.inbox.unread(user_id)}
-            await run_stream(websocket, me.live, user_id, hello)
-
     return router
 
 

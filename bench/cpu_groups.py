@@ -18,6 +18,7 @@ import psutil
 _GROUPS = [
     ("ingress (Serve replica)", r"ServeReplica:herald:HeraldIngress"),
     ("serve proxy", r"ProxyActor"),
+    ("stream gateway", r"ray::.*StreamGateway"),
     ("serve controller", r"ServeController"),
     ("router", r"ray::.*Router"),
     ("user shard", r"ray::.*UserShard"),

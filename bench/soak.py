@@ -128,7 +128,7 @@ def main(
         import_devices(stack.settings, transactional.phones(ids))
         while httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code != 200:
             time.sleep(0.5)
-        url = stack.api_url.replace("http", "ws") + "/v1/me/stream"
+        url = stack.stream_url + "/v1/me/stream"
         procs = max(1, -(-sockets // 5000))
         holders = stream.start_holders(url, ids[:sockets], 200, procs, 7200, lifetime)
         sampler = Sampler(sync_client(stack.settings), sample)

@@ -1,5 +1,6 @@
-"""Live stream benchmark: WebSockets held open on a fixed number of Serve replicas, each
-user getting one notification per `--period` seconds; live delivery latency (the event's
+"""Live stream benchmark: WebSockets held open on the stream gateway
+(`actors.stream_gateway`; the Serve replicas, `--replicas`, only take the posts), each user
+getting one notification per `--period` seconds; live delivery latency (the event's
 `accepted_at` → the message read by the client), memory per socket, ingestion latency
 while they are open, and what is left after they all close.
 
@@ -9,9 +10,9 @@ Each socket is one user on `WS /v1/me/stream` with a user token (subprotocol), a
 the server's pings (no library pings, as a browser), held by processes of their own
 (`--holders`, one per 5,000 by default); notifications are order updates to users
 without devices (inbox only) posted through `POST /v1/events` in batches every 100 ms by
-this process. Memory is the RSS of the Serve
-replicas and the HTTP proxy of this run's own Ray (descendants of this process), before the
-sockets open and while they are held. Results go to bench/results/stream.json and are
+this process. Memory is the RSS of the Serve replicas, the HTTP proxy and the stream
+gateway of this run's own Ray (descendants of this process), before the sockets open and
+while they are held. Results go to bench/results/stream.json and are
 printed.
 """
 
@@ -58,9 +59,9 @@ def replica_pids() -> set[int]:
 
 
 def our_rss() -> dict[str, float]:
-    """MiB of RSS of this run's Serve replicas and proxy (children of this process only,
-    so other Ray instances on the box are not counted)."""
-    totals = {"replicas": 0.0, "proxy": 0.0}
+    """MiB of RSS of this run's Serve replicas, proxy and stream gateway (children of this
+    process only, so other Ray instances on the box are not counted)."""
+    totals = {"replicas": 0.0, "proxy": 0.0, "gateway": 0.0}
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             title = " ".join(proc.cmdline())
@@ -68,6 +69,8 @@ def our_rss() -> dict[str, float]:
                 totals["replicas"] += proc.memory_info().rss / 2**20
             elif "ProxyActor" in title:
                 totals["proxy"] += proc.memory_info().rss / 2**20
+            elif "StreamGateway" in title:
+                totals["gateway"] += proc.memory_info().rss / 2**20
     return totals
 
 
@@ -284,7 +287,7 @@ def run(
     stack: LocalStack, sockets: int, seconds: float, period_s: float, open_rate: float, procs: int
 ):
     users = [f"bench-{i}" for i in range(sockets)]
-    url = stack.api_url.replace("http", "ws") + "/v1/me/stream"
+    url = stack.stream_url + "/v1/me/stream"
     holders = start_holders(url, users, open_rate, procs, 3600 + int(seconds))
     time.sleep(3)
     held = {**holders.held, "rss_mib": our_rss()}
@@ -323,8 +326,8 @@ def main(
             time.sleep(5)
             after = {"rss_mib": our_rss(), "redis_clients": len(store.client_list())}
             replaced = len(pids - replica_pids())
-    grown = held["rss_mib"]["replicas"] + held["rss_mib"]["proxy"]
-    base = before["rss_mib"]["replicas"] + before["rss_mib"]["proxy"]
+    grown = sum(held["rss_mib"].values())
+    base = sum(before["rss_mib"].values())
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python", "bench/stream.py", *sys.argv[1:]]),

@@ -196,7 +196,7 @@ def hold(stack: LocalStack, sockets: int) -> stream.Holders | None:
     """`sockets` live streams of other users (inbox only) held while the benchmark posts."""
     if not sockets:
         return None
-    url = stack.api_url.replace("http", "ws") + "/v1/me/stream"
+    url = stack.stream_url + "/v1/me/stream"
     users = [f"bench-{i}" for i in range(sockets)]
     holders = stream.start_holders(url, users, 300, -(-sockets // 5000), 7200)
     typer.echo(f"holding {holders.held}", err=True)

@@ -40,3 +40,9 @@ def senders(settings: HeraldSettings) -> tuple[tuple[str, str], ...]:
         for channel in channels(settings)
         if channel != "webhook" or lane == "transactional"
     )
+
+
+def gateway_name(node_id: str) -> str:
+    """The stream gateway of one node (`actors.stream_gateway`): one per node, named by it,
+    so a node's gateway is found (and not started twice) by whoever looks for it."""
+    return f"herald-stream-gateway-{node_id[:16]}"

@@ -28,6 +28,7 @@ class StackInfo:
     fcm_url: str
     ca_file: str
     redis_url: str
+    stream_url: str = ""  # the stream gateway (absent in a stack.json of an older Herald)
 
     def save(self, data_dir: Path) -> None:
         (data_dir / STACK_FILE).write_text(json.dumps(self.__dict__, indent=2))

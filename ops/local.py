@@ -74,6 +74,7 @@ class LocalStack:
         data_dir: Path | str = ".herald",
         http_port: int | None = 8000,
         num_cpus: int | None = None,
+        stream_port: int | None = None,
         dashboard: bool = False,
         ray_address: str | None = None,
         redis_url: str | None = None,
@@ -81,6 +82,8 @@ class LocalStack:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.http_port = http_port or free_port()
+        # The stream gateway's: next to a fixed API port (8000 → 8001), else a free one.
+        self.stream_port = stream_port or (http_port + 1 if http_port else free_port())
         # Ray's Prometheus endpoint for this node (Herald's metrics are `ray_herald_*`).
         self.metrics_port = free_port()
         self.num_cpus = num_cpus
@@ -100,6 +103,11 @@ class LocalStack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def stream_url(self) -> str:
+        """The stream gateway's base URL (`ws://…`); paths as on the API."""
+        return f"ws://127.0.0.1:{self.stream_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -127,6 +135,7 @@ class LocalStack:
                 # The embedded Redis's URL carries it too, for scripts that use the URL.
                 **({} if self.redis is None else {"redis_password": self.redis.password}),
                 "http_port": self.http_port,
+                "stream_port": self.stream_port,
                 "data_dir": self.data_dir,
                 "apns_host": "127.0.0.1",
                 "apns_port": self.apns.port,

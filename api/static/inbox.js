@@ -121,11 +121,18 @@ function onMessage(event) {
   }
 }
 
-function connect() {
+// The stream gateway: the page says where (HERALD_STREAM_PUBLIC_URL), or its port on this
+// page's host (HERALD_STREAM_PORT).
+function streamUrl() {
+  const configured = document.querySelector('meta[name="herald-stream"]').content;
+  if (/^wss?:\/\//.test(configured)) return configured;
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.hostname}:${configured}/v1/me/stream`;
+}
+
+function connect() {
   // The token rides in the subprotocol list; Herald answers "herald.v1" and never echoes it.
-  const socket = new WebSocket(`${scheme}//${location.host}/v1/me/stream`,
-                               ["herald.v1", `bearer.${state.token}`]);
+  const socket = new WebSocket(streamUrl(), ["herald.v1", `bearer.${state.token}`]);
   state.socket = socket;
   socket.addEventListener("message", onMessage);
   socket.addEventListener("close", (event) => {

@@ -46,6 +46,18 @@ class ApiSettings(Group):
     stream_max_per_user: int = Field(
         5, ge=1, le=100, description="Most live streams (WebSockets) one user may hold open."
     )
+    stream_host: str = Field(
+        "127.0.0.1", description="Address each node's stream gateway binds (0.0.0.0 behind an LB)."
+    )
+    stream_port: int = Field(
+        8001, ge=1, le=65535, description="Port of the stream gateway on every node (WebSockets)."
+    )
+    stream_public_url: str | None = Field(
+        None,
+        pattern=r"^wss?://[^\s/]+(/\S*)?$",
+        description="The stream URL pages connect to (wss://…/v1/me/stream), when a load "
+        "balancer fronts the gateways; unset: the page's host on HERALD_STREAM_PORT.",
+    )
 
 
 class ApnsSettings(Group):

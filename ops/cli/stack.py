@@ -46,6 +46,7 @@ def _start_stack(data_dir: Path, port: int | None, shards: int, dashboard: bool)
         fcm_url=stack.fcm.url,
         ca_file=str(stack.settings.apns.ca_file),
         redis_url=stack.settings.state.redis_url,
+        stream_url=stack.stream_url,
     )
     # It holds the admin key: the owner's only, from before the first byte is written.
     recorded = stack.data_dir / STACK_FILE
@@ -81,6 +82,9 @@ def _print_banner(info: StackInfo) -> None:
     auth = f"-H 'Authorization: Bearer {info.api_key}'"
     typer.echo(f"API: {info.api_url}")
     typer.echo(f"API key: {info.api_key}")
+    typer.echo(
+        f"Live streams: {info.stream_url}/v1/me/stream (demo page: {info.api_url}/demo/inbox)"
+    )
     typer.echo(f"APNs emulator: {info.apns_url}")
     typer.echo(f"FCM emulator: {info.fcm_url}")
     typer.echo("Try:")

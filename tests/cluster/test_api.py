@@ -169,7 +169,7 @@ def test_each_replica_checks_keys_before_the_body(stack):
 def test_service_stream_takes_the_key_in_the_header_only(stack):
     """The URL is logged by proxies: a key in `?api_key=` is not looked at (and a key lacking
     the read scope is refused), only the header is."""
-    url = stack.api_url.replace("http", "ws") + "/v1/users/u-ws/stream"
+    url = stack.stream_url + "/v1/users/u-ws/stream"
     with connect(url, additional_headers={"Authorization": "Bearer test-admin"}) as ws:
         assert json.loads(ws.recv(timeout=10)) == {"type": "subscribed", "user_id": "u-ws"}
     for query, headers in (

@@ -39,7 +39,7 @@ def test_order_update_reaches_every_channel(stack, api, emulators, uid):
         register(api, user, "android", android): "fcm",
         register(api, user, "web", web): "fcm",
     }
-    ws_url = stack.api_url.replace("http", "ws") + f"/v1/users/{user}/stream"
+    ws_url = stack.stream_url + f"/v1/users/{user}/stream"
     with connect(ws_url, additional_headers={"Authorization": "Bearer test-admin"}) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "subscribed"
         event = {

@@ -44,7 +44,7 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 
 def stream(stack, token: str, **kwargs):
-    url = stack.api_url.replace("http", "ws") + "/v1/me/stream"
+    url = stack.stream_url + "/v1/me/stream"
     return connect(url, subprotocols=["herald.v1", f"bearer.{token}"], **kwargs)
 
 
@@ -182,7 +182,7 @@ def test_stream_follows_changes_made_in_other_tabs(stack, api, two_users, uid):
 
 
 def test_stream_auth_by_first_message_and_refusals(stack, uid):
-    url = stack.api_url.replace("http", "ws") + "/v1/me/stream"
+    url = stack.stream_url + "/v1/me/stream"
     good = user_token(stack, f"ua-{uid}")
     with connect(url) as ws:
         ws.send(json.dumps({"type": "auth", "token": good}))

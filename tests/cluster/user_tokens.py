@@ -9,10 +9,13 @@ returns) — and answers that secret, for `api.user_tokens.mint`.
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
+import websockets
 from ray import serve
+from websockets.sync.client import connect
 
 from api.user_tokens import mint
 from cluster.settings import HeraldArgs, HeraldSettings
@@ -39,12 +42,23 @@ def ensure_user_tokens(stack: LocalStack) -> str:
                 timeout=10,
             )
             ready = httpx.get(f"{stack.api_url}/readyz", timeout=10).status_code == 200
-            if answer.status_code == 200 and ready:
+            if answer.status_code == 200 and ready and _gateway_takes(stack, token):
                 return TEST_SECRET
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     raise AssertionError("the app never took the test user token secret")
+
+
+def _gateway_takes(stack: LocalStack, token: str) -> bool:
+    """The stream gateway has the new secret too (the new replica hands it over)."""
+    try:
+        with connect(
+            stack.stream_url + "/v1/me/stream", subprotocols=["herald.v1", f"bearer.{token}"]
+        ) as ws:
+            return json.loads(ws.recv(timeout=10))["type"] == "subscribed"
+    except (OSError, TimeoutError, websockets.ConnectionClosed):
+        return False
 
 
 def user_token(stack: LocalStack, user_id: str, ttl_s: int = 600) -> str:

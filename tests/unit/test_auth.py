@@ -28,6 +28,8 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 import serve_app
+from api.stream_app import stream_app
+from cluster.settings import HeraldSettings
 from api.user_tokens import UserTokens, mint
 
 KEYS = {
@@ -111,6 +113,18 @@ def client() -> Iterator[TestClient]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(serve_app.serve, "get_replica_context", lambda: context)
         yield TestClient(serve_app.api)
+
+
+@pytest.fixture(scope="module")
+def streams() -> TestClient:
+    """The stream gateway's app (`api.stream_app`) with the same keys and token secret; its
+    `Live` is a stand-in too, so a socket let past every check reaches `Reached`."""
+    settings = HeraldSettings(
+        api_keys=KEYS, allowed_origins=["https://shop.example"], user_token_secret=SECRET_SETTING
+    )
+    app = stream_app(settings)
+    app.state.live = StandIn()
+    return TestClient(app)
 
 
 def token(user: str = OWNER, **claims) -> str:
@@ -325,11 +339,20 @@ def _ws_refusal(client: TestClient, url: str, **kwargs) -> int:
         ({"Authorization": f"Bearer {token()}"}, "", 4401),  # a user token is no service key
     ],
 )
-def test_service_stream_refusals_close_with_4401_and_4403(client, headers, query, close_code):
-    assert _ws_refusal(client, f"/v1/users/u1/stream{query}", headers=headers) == close_code
+def test_service_stream_refusals_close_with_4401_and_4403(streams, headers, query, close_code):
+    assert _ws_refusal(streams, f"/v1/users/u1/stream{query}", headers=headers) == close_code
 
 
-def test_user_stream_refusals_after_accept(client):
+def test_service_stream_lets_a_read_key_in(streams):
+    with pytest.raises(Reached):
+        with streams.websocket_connect(
+            "/v1/users/u1/stream", headers={"Authorization": "Bearer k-read"}
+        ) as ws:
+            ws.receive_text()
+
+
+def test_user_stream_refusals_after_accept(streams):
+    client = streams
     url = "/v1/me/stream"
     good = ["herald.v1", f"bearer.{token()}"]
     assert _ws_refusal(client, url, subprotocols=["herald.v1", "bearer.nope"]) == 4401
@@ -337,6 +360,8 @@ def test_user_stream_refusals_after_accept(client):
     assert _ws_refusal(client, url, subprotocols=["herald.v1", f"bearer.{bad_kid}"]) == 4401
     evil = {"origin": "https://evil.example"}
     assert _ws_refusal(client, url, subprotocols=good, headers=evil) == 4403
+    other_port = {"origin": "http://testserver:9"}  # the host, but not Herald's API port
+    assert _ws_refusal(client, url, subprotocols=good, headers=other_port) == 4403
     # A first auth message instead of the subprotocol: a bad one is refused too.
     with pytest.raises(WebSocketDisconnect) as refused:
         with client.websocket_connect(url) as ws:
@@ -345,9 +370,13 @@ def test_user_stream_refusals_after_accept(client):
     assert refused.value.code == 4401
 
 
-def test_user_stream_lets_a_good_token_and_origin_in(client):
-    """Past every check the stream asks the replica for its services (the stand-in has none)."""
-    for origin in ("https://shop.example", "http://testserver", None):
+def test_user_stream_lets_a_good_token_and_origin_in(streams):
+    """Past every check the stream asks the gateway's `Live` for the unread count (the
+    stand-in has none). Allowed: a listed origin, the gateway's own, Herald's API on the
+    gateway's host (the demo page), and no origin (an app, not a browser)."""
+    client = streams
+    port = HeraldSettings().api.http_port
+    for origin in ("https://shop.example", "http://testserver", f"http://testserver:{port}", None):
         headers = {"origin": origin} if origin else {}
         with pytest.raises(Reached):
             with client.websocket_connect(

@@ -70,6 +70,7 @@ def test_stack_json_is_0600(tmp_path, monkeypatch):
         def __init__(self, data_dir: Path, **_: object) -> None:
             self.data_dir = Path(data_dir)
             self.api_url, self.api_key = "http://127.0.0.1:1", "the-admin-key"
+            self.stream_url = "ws://127.0.0.1:3"
             self.apns = self.fcm = SimpleNamespace(url="https://127.0.0.1:2")
             self.settings = SimpleNamespace(
                 apns=SimpleNamespace(ca_file="ca.pem"), state=SimpleNamespace(redis_url="r")
