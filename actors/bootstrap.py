@@ -19,8 +19,17 @@ from actors.fanout_pool import start_fanout_worker
 from actors.kafka_ingestor import KafkaIngestor
 from actors.router import EventRouter
 from actors.sender_pool import start_sender
+from actors.stream_gateway import gateway_nodes
 from actors.user_shard import UserShard
-from cluster.names import INGESTOR, fanout_name, router_name, sender_name, senders, shard_name
+from cluster.names import (
+    INGESTOR,
+    fanout_name,
+    gateway_name,
+    router_name,
+    sender_name,
+    senders,
+    shard_name,
+)
 from cluster.placement import actor_options
 from cluster.settings import HeraldSettings
 from cluster.state import layout
@@ -82,6 +91,7 @@ def kill_actors(settings: HeraldSettings) -> None:
     ]
     names += [fanout_name(i) for i in range(settings.pool_max_workers)]
     names += [router_name(i) for i in range(settings.topology.routers)] + [INGESTOR]
+    names += [gateway_name(address) for address in gateway_nodes()]
     for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=settings.topology.namespace), no_restart=True)

@@ -52,7 +52,9 @@ def machine() -> str:
 async def post_steadily(
     url: str, key: str, users: list[str], rate: float, seconds: float, batch_ms: int
 ) -> tuple[list[str], int]:
-    """Post order updates in batches every `batch_ms`, keeping the average rate exact."""
+    """Post order updates in batches every `batch_ms`, keeping the average rate exact; a
+    POST answered other than 202, or not answered in 30 s, counts as an error (its events
+    may still have been logged: they are not among `accepted`, so never counted lost)."""
     rng = np.random.default_rng(7)
     per_batch = max(1, round(rate * batch_ms / 1000))
     batches = int(seconds * 1000 / batch_ms)
@@ -75,7 +77,11 @@ async def post_steadily(
                 }
                 for j, u in enumerate(picks)
             ]
-            answer = await client.post("/v1/events", json={"events": events})
+            try:
+                answer = await client.post("/v1/events", json={"events": events})
+            except httpx.HTTPError:  # counted, not fatal: a long run reports what failed
+                errors += 1
+                return
             if answer.status_code == 202:
                 accepted.extend(answer.json()["accepted"])
             else:

@@ -29,8 +29,8 @@ from starlette.websockets import WebSocketDisconnect
 
 import serve_app
 from api.stream_app import stream_app
-from cluster.settings import HeraldSettings
 from api.user_tokens import UserTokens, mint
+from cluster.settings import HeraldSettings
 
 KEYS = {
     "k-ingest": ["ingest"],
