@@ -82,8 +82,12 @@ class LocalStack:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.http_port = http_port or free_port()
-        # The stream gateway's: next to a fixed API port (8000 → 8001), else a free one.
-        self.stream_port = stream_port or (http_port + 1 if http_port else free_port())
+        # The stream gateway's: HERALD_STREAM_PORT if set, else next to a fixed API port
+        # (8000 → 8001), else a free one.
+        from_env = os.environ.get("HERALD_STREAM_PORT")
+        self.stream_port = stream_port or (
+            int(from_env) if from_env else http_port + 1 if http_port else free_port()
+        )
         # Ray's Prometheus endpoint for this node (Herald's metrics are `ray_herald_*`).
         self.metrics_port = free_port()
         self.num_cpus = num_cpus

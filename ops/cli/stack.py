@@ -82,11 +82,9 @@ def _print_banner(info: StackInfo) -> None:
     auth = f"-H 'Authorization: Bearer {info.api_key}'"
     typer.echo(f"API: {info.api_url}")
     typer.echo(f"API key: {info.api_key}")
-    typer.echo(
-        f"Live streams: {info.stream_url}/v1/me/stream (demo page: {info.api_url}/demo/inbox)"
-    )
     typer.echo(f"APNs emulator: {info.apns_url}")
     typer.echo(f"FCM emulator: {info.fcm_url}")
+    typer.echo(f"Live streams: {info.stream_url}/v1/me/stream")
     typer.echo("Try:")
     typer.echo(
         f"curl -s {auth} -H 'Content-Type: application/json' {info.api_url}/v1/devices "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -22,13 +23,15 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from websockets.sync.client import connect
 
 from ops.demo import wait_final
 from ops.processes import free_port
 
 START_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 90
-NAMED_LINES = ("API", "API key", "APNs emulator", "FCM emulator")
+RAY_LINE = re.compile(r"^(\x1b\[\d+m)?\((raylet|pid=\d+|\w+ pid=\d+)")
+NAMED_LINES = ("API", "API key", "APNs emulator", "FCM emulator", "Live streams")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(START_TIMEOUT_S + STOP_TIMEOUT_S + 120)]
 
@@ -45,7 +48,7 @@ def _pump(stream, lines: queue.Queue) -> None:
 
 
 def _read_banner(process: subprocess.Popen, lines: queue.Queue, seen: list[str], log: Path):
-    """The four `Name: value` lines, then `Try:` and the three curl commands."""
+    """The five `Name: value` lines, then `Try:` and the three curl commands."""
     named: dict[str, str] = {}
     curls: list[str] = []
     tried = False
@@ -62,8 +65,8 @@ def _read_banner(process: subprocess.Popen, lines: queue.Queue, seen: list[str],
                 + "\n".join(seen)
                 + f"\nstderr tail:\n{_tail(log)}"
             )
-        if not line:
-            continue
+        if not line or RAY_LINE.match(line):
+            continue  # Ray's own messages to the driver (e.g. the raylet's worker warning)
         seen.append(line)
         name, sep, value = line.partition(": ")
         if not tried and sep and name in NAMED_LINES:
@@ -73,7 +76,7 @@ def _read_banner(process: subprocess.Popen, lines: queue.Queue, seen: list[str],
         elif tried and line.startswith("curl "):
             curls.append(line)
     # One per line, in the README's order.
-    assert [line.partition(": ")[0] for line in seen[:4]] == list(NAMED_LINES), seen
+    assert [line.partition(": ")[0] for line in seen[:5]] == list(NAMED_LINES), seen
     return named, curls
 
 
@@ -188,8 +191,9 @@ def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     # Port and data dir from the environment, as every other setting (the flags win too).
-    port = free_port()
+    port, stream_port = free_port(), free_port()
     env["HERALD_HTTP_PORT"], env["HERALD_DATA_DIR"] = str(port), str(data_dir)
+    env["HERALD_STREAM_PORT"] = str(stream_port)
     command = _herald() + ["run", "--no-dashboard", "--shards", "2"]
     seen: list[str] = []
     started = time.monotonic()
@@ -206,6 +210,7 @@ def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path
         api_url, api_key = named["API"], named["API key"]
         apns_url, fcm_url = named["APNs emulator"], named["FCM emulator"]
         assert api_url == f"http://127.0.0.1:{port}", named
+        assert named["Live streams"] == f"ws://127.0.0.1:{stream_port}/v1/me/stream", named
         _assert_secrets_are_the_owners(data_dir)
         assert apns_url.startswith("https://127.0.0.1:"), named
         assert fcm_url.startswith("https://127.0.0.1:"), named
@@ -248,6 +253,11 @@ def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path
         )  # fmt: skip
         user = {"Authorization": f"Bearer {minted.stdout.strip()}"}
         assert httpx.get(f"{api_url}/v1/me/inbox", headers=user).json()["unread"] >= 1
+        # The printed stream URL takes the same token: the gateway says hello with the count.
+        protocols = ["herald.v1", f"bearer.{minted.stdout.strip()}"]
+        with connect(named["Live streams"], subprotocols=protocols) as ws:
+            hello = json.loads(ws.recv(timeout=30))
+        assert hello["type"] == "subscribed" and hello["unread"] >= 1, hello
 
         with httpx.Client(base_url=apns_url, verify=str(ca_file), http2=True, timeout=30) as apns:
             answer = apns.get("/_emulator/received")
@@ -263,6 +273,7 @@ def test_herald_run_prints_working_commands_and_ctrl_c_stops_everything(tmp_path
         names = {p.pid: _describe(p) for p in descendants.values()}
         needed = ("raylet", "gcs_server", "redis-server", "emulators apns", "emulators fcm")
         workers = ("ray::ServeController", "ray::ServeReplica", "ray::UserShard")
+        workers += ("ray::StreamGateway",)
         for part in needed + workers:
             assert any(part in name for name in names.values()), (part, names)
 
