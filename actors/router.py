@@ -45,7 +45,7 @@ from actors.flows.orders import OrderFlow
 from actors.flows.price_drops import PriceDropFlow
 from actors.flows.requested import RequestedFlow
 from actors.flows.shards import Shards
-from actors.flows.unroutable import Unroutable
+from actors.flows.unroutable import Unroutable, is_outage
 from actors.partitions import PartitionReaders
 from actors.sender_pool import SenderPool
 from cluster.eventlog import open_event_log
@@ -301,9 +301,9 @@ class EventRouter:
         entries `process` deferred.)"""
         try:
             return True, await self.process(lane, entries, redelivered, partition)
-        except Exception:
+        except Exception as exc:
             if entries.height == 1:
-                return await self._failed_entry(lane, entries, partition), set()
+                return await self._failed_entry(lane, entries, partition, exc), set()
             log.warning("router: batch of %d failed; retrying entry by entry", entries.height)
         failed: set[str] = set()
         for i, key in enumerate(log_entries.entry_keys(entries)):
@@ -314,11 +314,11 @@ class EventRouter:
                 failed.add(key)
         return not failed, set()
 
-    async def _failed_entry(self, lane: str, entry: pl.DataFrame, partition: int | None) -> bool:
+    async def _failed_entry(self, lane: str, entry, partition: int | None, exc) -> bool:
         """One entry failed: dead-lettered at its `poison_attempts`-th failure (True), else
-        left pending (False)."""
+        left pending (False); an outage (`unroutable.is_outage`) is never its fault."""
         entry_id = entry["entry_id"][0]
-        self._failures[entry_id] += 1
+        self._failures[entry_id] += 0 if is_outage(exc) else 1
         if self._failures[entry_id] < self.settings.eventlog.poison_attempts:
             log.exception("router: entry failed; it stays pending", extra={"entry_id": entry_id})
             return False
