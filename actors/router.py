@@ -45,7 +45,7 @@ from actors.flows.orders import OrderFlow
 from actors.flows.price_drops import PriceDropFlow
 from actors.flows.requested import RequestedFlow
 from actors.flows.shards import Shards
-from actors.flows.unroutable import Unroutable, is_outage
+from actors.flows.unroutable import Unroutable
 from actors.partitions import PartitionReaders
 from actors.sender_pool import SenderPool
 from cluster.eventlog import open_event_log
@@ -53,6 +53,7 @@ from cluster.eventlog.kafka import cancelled_by_caller
 from cluster.logs import configure_logging
 from cluster.settings import HeraldSettings
 from cluster.state.feedback import FeedbackStore
+from cluster.state.outages import is_outage
 from cluster.state.templates import TemplateStore
 from cluster.vocabulary import LANE_OF_TYPE, LANES
 from pipelines import log_entries, templates
@@ -315,8 +316,7 @@ class EventRouter:
         return not failed, set()
 
     async def _failed_entry(self, lane: str, entry, partition: int | None, exc) -> bool:
-        """One entry failed: dead-lettered at its `poison_attempts`-th failure (True), else
-        left pending (False); an outage (`unroutable.is_outage`) is never its fault."""
+        """Dead-letter at the `poison_attempts`-th failure (True); outages never count."""
         entry_id = entry["entry_id"][0]
         self._failures[entry_id] += 0 if is_outage(exc) else 1
         if self._failures[entry_id] < self.settings.eventlog.poison_attempts:

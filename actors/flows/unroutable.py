@@ -14,37 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-import ray
 import redis.asyncio as aioredis
-from redis import exceptions as redis_errors
 
 from actors.flows.base import Flow
 from cluster import metrics
 from cluster.state.dead_letters import queue_dead_letter
 
 log = logging.getLogger("herald.router")
-
-# Failures of the ground, not of the entry: Redis (a master down or failing over) or an
-# actor being restarted. They never count toward `poison_attempts`: an outage longer than
-# the retries must not dead-letter good events (seen with a Redis Cluster master killed).
-OUTAGES = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    redis_errors.BusyLoadingError,
-    ray.exceptions.RayActorError,
-    ray.exceptions.ActorUnavailableError,
-)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) is an outage, as above."""
-    while exc is not None:
-        if isinstance(exc, OUTAGES):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 @dataclass(eq=False)

@@ -18,6 +18,7 @@ from websockets.sync.client import connect
 
 from actors.stream_gateway import StreamGateway
 from cluster.names import gateway_name
+from tests.cluster.test_me import order
 from tests.cluster.test_slow_clients import _limit, _slow_clients
 from tests.cluster.user_tokens import user_token
 
@@ -44,16 +45,6 @@ def _subscribed(stack, token: str, timeout_s: float = 60):
         except (OSError, TimeoutError, websockets.ConnectionClosed):
             assert time.monotonic() < deadline, "the gateway never took a stream again"
             time.sleep(0.5)
-
-
-def _order(uid: str, user: str, n: int) -> dict:
-    return {
-        "event_id": f"gw-{uid}-{n}",
-        "type": "order.updated",
-        "user_id": user,
-        "order_id": f"o-gw-{uid}-{n}",
-        "status": "shipped",
-    }
 
 
 def _next_notification(ws) -> dict:
@@ -85,15 +76,18 @@ def test_a_killed_gateway_comes_back_and_streams_resume(stack, api, uid):
         while True:
             ws.recv(timeout=30)
     # Ingestion never depended on it.
-    assert api.post("/v1/events", json={"events": [_order(uid, user, 1)]}).status_code == 202
+    assert api.post("/v1/events", json={"events": [order(uid, user, 1)]}).status_code == 202
     with _subscribed(stack, token, timeout_s=90) as again:
-        assert api.post("/v1/events", json={"events": [_order(uid, user, 2)]}).status_code == 202
-        assert _next_notification(again)["notification_id"] == f"gw-{uid}-2"
+        assert api.post("/v1/events", json={"events": [order(uid, user, 2)]}).status_code == 202
+        assert _next_notification(again)["notification_id"] == f"me-{uid}-{user}-2"
     # The one sent while no socket was open is in the inbox the page reloads.
     inbox = httpx.get(
         f"{stack.api_url}/v1/me/inbox", headers={"Authorization": f"Bearer {token}"}, timeout=10
     ).json()
-    assert {i["notification_id"] for i in inbox["items"]} >= {f"gw-{uid}-1", f"gw-{uid}-2"}
+    assert {i["notification_id"] for i in inbox["items"]} >= {
+        f"me-{uid}-{user}-1",
+        f"me-{uid}-{user}-2",
+    }
 
 
 async def test_slow_headers_on_the_gateway_are_answered_408(stack):
